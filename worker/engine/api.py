@@ -5,7 +5,7 @@ params into these calls and store what comes back.
 
 Contract (fixed; the family modules implement it):
 
-- `train(family, options, data, ctx) -> TrainOutput`
+- `train(family, options, data, ctx, holdout=None) -> TrainOutput`
     family in {"cnn", "gan", "vae"}; `options` is the family's option dict (validated by the family's
     `Config.from_options`, raising `ConfigError` naming the field); `data` the training `ImageSet`
     (a deterministic validation split is taken inside, seeded by options["seed"]); `ctx` a `RunContext`
@@ -15,7 +15,7 @@ Contract (fixed; the family modules implement it):
     yields uint8 (b, H, W, C) chunks in item order; item i depends only on (model, seeds[i], labels[i],
     options) — never on chunk size or on which worker runs it.
 - `item_seed(job_seed, index) -> int`: the per-item seed of item `index` of a job seeded `job_seed`.
-- `edit(model, request, ctx) -> EditOutput`
+- `edit(model, request, classifier=None, ctx=None) -> EditOutput`
 - `evaluate(model, classifier, real, *, num_samples, seed, ctx) -> dict`
 """
 
@@ -29,9 +29,12 @@ import numpy as np
 import torch
 
 from worker.engine.imageset import ImageSet
+from worker.engine.latents import item_seed
 from worker.engine.runtime import RunContext
 
 FAMILIES = ("cnn", "gan", "vae")
+__all__ = ["item_seed"]
+
 EDIT_OPERATIONS = ("reconstruct", "interpolate", "inpaint", "class_swap", "attribute", "invert")
 
 
@@ -75,15 +78,19 @@ class EditOutput:
     metrics: dict[str, float] = field(default_factory=dict)  # e.g. masked_psnr, target_class_rate
 
 
-def train(family: str, options: dict[str, Any], data: ImageSet, ctx: RunContext) -> TrainOutput:
+def train(
+    family: str,
+    options: dict[str, Any],
+    data: ImageSet,
+    ctx: RunContext,
+    holdout: ImageSet | None = None,
+) -> TrainOutput:
+    """`holdout`: the data set's official test split when it has one; metrics are reported on it,
+    else on the deterministic validation split taken from `data`."""
     raise NotImplementedError
 
 
 def load(checkpoint: bytes, device: torch.device | None = None) -> LoadedModel:
-    raise NotImplementedError
-
-
-def item_seed(job_seed: int, index: int) -> int:
     raise NotImplementedError
 
 
@@ -100,7 +107,14 @@ def generate(
     raise NotImplementedError
 
 
-def edit(model: LoadedModel, request: EditRequest, ctx: RunContext | None = None) -> EditOutput:
+def edit(
+    model: LoadedModel,
+    request: EditRequest,
+    classifier: LoadedModel | None = None,
+    ctx: RunContext | None = None,
+) -> EditOutput:
+    """Dispatch to the family's edits module. `classifier` (a CNN trained on the same data) scores class
+    edits (target_class_rate); without it that metric is left out."""
     raise NotImplementedError
 
 
