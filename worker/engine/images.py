@@ -1,0 +1,183 @@
+"""Pictures a run hands back: sample grids, loss curves, PNG encoding of single images, resizing.
+
+PIL only (no matplotlib): the worker image stays small and the output is the same on every machine.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+GRID_PADDING = 2  # pixels between (and around) grid cells
+SERIES_COLOURS = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+]
+
+
+def _as_nhwc(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """uint8 NCHW tensor or NHWC array -> uint8 (N, H, W, C) array, C in {1, 3}."""
+    if isinstance(images, torch.Tensor):
+        array = images.detach().cpu()
+        if array.ndim == 3:
+            array = array.unsqueeze(1)
+        array = array.permute(0, 2, 3, 1).numpy()
+    else:
+        array = np.asarray(images)
+        if array.ndim == 3:
+            array = array[..., None]
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] not in (1, 3):
+        raise ValueError(f"expected uint8 images with 1 or 3 channels, got {array.dtype} {array.shape}")
+    return array
+
+
+def _to_pil(image_hwc: np.ndarray) -> Image.Image:
+    if image_hwc.ndim == 3 and image_hwc.shape[-1] == 1:
+        image_hwc = image_hwc[..., 0]
+    return Image.fromarray(np.ascontiguousarray(image_hwc), "L" if image_hwc.ndim == 2 else "RGB")
+
+
+def grid_png(images: torch.Tensor | np.ndarray, nrow: int | None = None) -> bytes:
+    """One PNG of all images tiled `nrow` per row (default: a square-ish grid) with 2 px black gutters.
+
+    `images`: uint8 (N, C, H, W) tensor or (N, H, W, C) array."""
+    array = _as_nhwc(images)
+    n, h, w, c = array.shape
+    per_row = max(1, min(nrow or math.ceil(math.sqrt(max(n, 1))), max(n, 1)))
+    rows = max(1, math.ceil(n / per_row))
+    canvas = np.zeros(
+        (rows * (h + GRID_PADDING) + GRID_PADDING, per_row * (w + GRID_PADDING) + GRID_PADDING, c), np.uint8
+    )
+    for i in range(n):
+        top = GRID_PADDING + (i // per_row) * (h + GRID_PADDING)
+        left = GRID_PADDING + (i % per_row) * (w + GRID_PADDING)
+        canvas[top : top + h, left : left + w] = array[i]
+    return encode_png(canvas, compress_level=6)
+
+
+def encode_png(image_hwc_uint8: np.ndarray, compress_level: int = 1) -> bytes:
+    """PNG bytes of one (H, W), (H, W, 1) or (H, W, 3) uint8 image; fast by default (bulk outputs)."""
+    array = np.asarray(image_hwc_uint8)
+    bad_channels = array.ndim == 3 and array.shape[-1] not in (1, 3)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or bad_channels:
+        raise ValueError(f"expected a uint8 (H, W[, 1|3]) image, got {array.dtype} {array.shape}")
+    buffer = io.BytesIO()
+    _to_pil(array).save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def resize_images(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> uint8 (N, C, size, size): bilinear, antialiased (no aliasing when shrinking)."""
+    target = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(images.shape[-2:]) == target:
+        return images
+    resized = F.interpolate(images.float(), size=target, mode="bilinear", antialias=True, align_corners=False)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loss curves
+
+
+def smooth(values: list[float], weight: float | None = None) -> list[float]:
+    """Debiased exponential moving average (as TensorBoard draws it); the window grows with the series."""
+    if weight is None:
+        weight = min(0.95, max(0.0, 1.0 - 10.0 / max(len(values), 1)))
+    out, average, norm = [], 0.0, 0.0
+    for value in values:
+        average = weight * average + (1 - weight) * value
+        norm = weight * norm + (1 - weight)
+        out.append(average / norm)
+    return out
+
+
+def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Round-numbered tick positions covering [low, high]."""
+    if high <= low:
+        high = low + 1.0
+    raw = (high - low) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(low / step) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def _label(value: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e4 or abs(value) < 1e-3:
+        return f"{value:.1e}"
+    return f"{value:.4g}"
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # no FreeType: the bitmap font
+        return ImageFont.load_default()
+
+
+def loss_curve_png(history: dict[str, list[float]], width: int = 640, height: int = 360) -> bytes:
+    """A line chart of each named series against its step index: faint raw values, a smoothed line over
+    them, axes with round-number ticks and a legend. Non-finite values are skipped."""
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = _font(12)
+    left, right, top, bottom = 64, width - 16, 16, height - 36
+    series = {
+        name: [(i, float(v)) for i, v in enumerate(values) if math.isfinite(float(v))]
+        for name, values in history.items()
+    }
+    points = [p for values in series.values() for p in values]
+    if not points:
+        draw.text((left, height // 2), "no loss values recorded", fill="black", font=font)
+        return encode_png(np.asarray(image), compress_level=6)
+
+    x_max = max(1, max(i for i, _ in points))
+    y_low, y_high = min(v for _, v in points), max(v for _, v in points)
+    pad = (y_high - y_low) * 0.05 or abs(y_high) * 0.05 or 1.0
+    y_low, y_high = y_low - pad, y_high + pad
+
+    def to_px(x: float, y: float) -> tuple[float, float]:
+        return (
+            left + (right - left) * x / x_max,
+            bottom - (bottom - top) * (y - y_low) / (y_high - y_low),
+        )
+
+    for tick in _nice_ticks(y_low, y_high):
+        _, y = to_px(0, tick)
+        draw.line([(left, y), (right, y)], fill=(230, 230, 230))
+        draw.text((left - 6, y), _label(tick), fill="black", font=font, anchor="rm")
+    for tick in _nice_ticks(0, x_max):
+        x, _ = to_px(tick, y_low)
+        draw.line([(x, bottom), (x, bottom + 4)], fill="black")
+        draw.text((x, bottom + 6), _label(tick), fill="black", font=font, anchor="mt")
+    draw.line([(left, top), (left, bottom), (right, bottom)], fill="black")
+    draw.text(((left + right) / 2, height - 4), "step", fill="black", font=font, anchor="md")
+
+    for k, (name, values) in enumerate(series.items()):
+        if not values:
+            continue
+        colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
+        faint = tuple(int(c + (255 - c) * 0.7) for c in colour)
+        raw = [to_px(i, v) for i, v in values]
+        smoothed = [to_px(i, v) for (i, _), v in zip(values, smooth([v for _, v in values]), strict=True)]
+        if len(raw) > 1:
+            draw.line(raw, fill=faint, width=1)
+            draw.line(smoothed, fill=colour, width=2)
+        else:
+            x, y = raw[0]
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+        legend_y = top + 4 + 16 * k
+        draw.line([(right - 130, legend_y + 6), (right - 112, legend_y + 6)], fill=colour, width=3)
+        draw.text((right - 106, legend_y), name[:18], fill="black", font=font)
+    return encode_png(np.asarray(image), compress_level=6)
