@@ -1,0 +1,93 @@
+"""One typed settings object, read from the environment (prefix GENQ_) once, failing fast on bad values.
+
+Defaults are the embedded mode: SQLite and a local object store under `data_dir`, and a broker on
+localhost (which `genq up` starts). Production sets `GENQ_ENVIRONMENT=production`, and then every
+secret must be given explicitly.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET = "genq-development-secret-do-not-use-in-production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENQ_", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Path(".genq")
+
+    # SQL: the job rows are the source of truth. Default: SQLite file under data_dir.
+    database_url: str | None = None
+
+    # Celery transport. Queues: training and sampling (generate/edit/evaluate) are separate so GPU pools
+    # can be dedicated to either.
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    train_queue: str = "genq.train"
+    sample_queue: str = "genq.sample"
+
+    # Object storage: "s3" (AWS, MinIO, moto) or "local" (a directory; the API serves signed downloads).
+    storage_backend: Literal["s3", "local"] = "local"
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "genq"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_public_endpoint_url: str | None = Field(
+        None, description="endpoint used in presigned URLs when clients reach storage by another address"
+    )
+    local_storage_dir: Path | None = None
+    public_base_url: str = "http://127.0.0.1:8000"  # where the API is reached, for local download URLs
+    download_url_ttl_seconds: int = Field(3600, ge=10, le=7 * 86400)
+    signing_secret: str = DEV_SECRET
+
+    # Leases: a worker holds a job for lease_seconds and renews it every heartbeat_seconds. The sweeper
+    # requeues expired leases (attempts + 1, up to max_attempts) and republishes lost queued jobs.
+    lease_seconds: int = Field(60, ge=2)
+    heartbeat_seconds: int = Field(10, ge=1)
+    sweep_interval_seconds: int = Field(15, ge=1)
+    requeue_after_seconds: int = Field(300, ge=1, description="republish a queued job older than this")
+    max_attempts: int = Field(3, ge=1, le=100)
+    progress_interval_seconds: float = Field(0.5, gt=0)
+
+    # Uploads
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+
+    # Engine
+    fashion_mnist_dir: Path = Path("/usr/share/datasets/fashion-mnist")
+    torch_threads: int = Field(0, ge=0, description="0: all cores of this worker")
+    device: str | None = None  # "cuda", "cuda:1", "cpu"; None: CUDA when present
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
+        if self.environment == "production":
+            missing = []
+            if self.signing_secret == DEV_SECRET:
+                missing.append("GENQ_SIGNING_SECRET")
+            if not self.database_url:
+                missing.append("GENQ_DATABASE_URL")
+            if missing:
+                raise ValueError(f"production needs explicit {', '.join(missing)}")
+        return self
+
+    @property
+    def sql_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'genq.db').resolve()}"
+
+    @property
+    def storage_dir(self) -> Path:
+        return (self.local_storage_dir or self.data_dir / "objects").resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()
