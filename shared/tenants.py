@@ -89,7 +89,8 @@ def list_tenants(session: Session) -> list[Tenant]:
 
 def list_api_keys(session: Session, tenant_id: uuid.UUID) -> list[ApiKey]:
     """A tenant's keys, oldest first (hashes and prefixes only)."""
-    return list(session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at)))
+    query = select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at)
+    return list(session.scalars(query))
 
 
 def find_tenant(session: Session, name_or_id: str) -> Tenant | None:
