@@ -4,8 +4,7 @@
 - `MlpVae`: examples/vae (784-400-20 MLP, Bernoulli likelihood on [0, 1] intensities, Adam 1e-3).
 - `DcganGenerator` / `DcganDiscriminator`: examples/dcgan with the 64x64 stack cut to 28x28 (ConvTranspose
   7 -> 14 -> 28, BatchNorm, BCE loss, Adam 2e-4 (0.5, 0.999)) and none of genq's improvements (no spectral
-  norm,
-  no hinge loss, no EMA, no conditioning).
+  norm, no hinge loss, no EMA, no conditioning).
 
 Each `train_*` takes uint8 images (N, 1, 28, 28) and a budget, and is deterministic for a seed.
 """
