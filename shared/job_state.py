@@ -2,16 +2,50 @@
 
 Every transition names the state it expects in its WHERE clause (and a worker also its own attempt), so
 the API, any number of workers and the sweeper can race without locks.
+
+A worker's transitions are fenced on its `Lease` (job id, attempt number, owner): once the sweeper has
+requeued a job and another worker claimed it, the first worker's late writes match no row.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.models import Batch, Job, JobStatus, utcnow
+from shared.specs import JobKind
+
+ACTIVE_STATUSES = (JobStatus.running, JobStatus.canceling)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One attempt's hold on a job: every worker write names all three."""
+
+    job_id: uuid.UUID
+    attempt: int
+    owner: str
+
+
+@dataclass(frozen=True)
+class PublishTarget:
+    """What the sweeper needs to (re)publish a job."""
+
+    job_id: uuid.UUID
+    kind: JobKind
+    priority: int
+
+
+@dataclass(frozen=True)
+class RequeueReport:
+    requeued: list[PublishTarget]
+    exhausted: int  # failed with attempts_exhausted
+    canceled: int  # canceling jobs whose worker died
 
 
 def request_cancel(session: Session, job_id: uuid.UUID) -> JobStatus | None:
@@ -45,3 +79,188 @@ def cancel_batch(session: Session, batch_id: uuid.UUID) -> None:
         .where(Job.batch_id == batch_id, Job.status == JobStatus.running)
         .values(status=JobStatus.canceling, updated_at=now)
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Worker transitions
+
+
+def claim_job(session: Session, job_id: uuid.UUID, owner: str, lease_seconds: float) -> Job | None:
+    """queued -> running for one new attempt. None when the job is not queued (a second delivery of a
+    running or finished job, a canceled job, an unknown id): the caller then does nothing."""
+    now = utcnow()
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued)
+        .values(
+            status=JobStatus.running,
+            attempts=Job.attempts + 1,
+            lease_owner=owner,
+            lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+            started_at=now,
+            updated_at=now,
+        )
+        .returning(Job.id)
+    ).first()
+    if claimed is None:
+        return None
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def lease_of(job: Job) -> Lease:
+    assert job.lease_owner is not None, "job has no lease"
+    return Lease(job.id, job.attempts, job.lease_owner)
+
+
+def _held(lease: Lease) -> ColumnElement[bool]:
+    return and_(
+        Job.id == lease.job_id,
+        Job.attempts == lease.attempt,
+        Job.lease_owner == lease.owner,
+        Job.status.in_(ACTIVE_STATUSES),
+    )
+
+
+def renew_lease(session: Session, lease: Lease, lease_seconds: float) -> JobStatus | None:
+    """Extend the lease. Returns running/canceling, or None when this attempt no longer holds the job."""
+    now = utcnow()
+    return session.execute(
+        update(Job)
+        .where(_held(lease))
+        .values(lease_expires_at=now + dt.timedelta(seconds=lease_seconds))
+        .returning(Job.status)
+    ).scalar()
+
+
+def write_progress(session: Session, lease: Lease, progress: dict[str, Any]) -> JobStatus | None:
+    """Store the progress document; returns the status like `renew_lease` (the cancel flag rides along)."""
+    return session.execute(
+        update(Job).where(_held(lease)).values(progress=progress).returning(Job.status)
+    ).scalar()
+
+
+def record_checkpoint(session: Session, lease: Lease, key: str) -> bool:
+    """Remember where training can resume from; False when this attempt lost the job."""
+    return _changed(session, update(Job).where(_held(lease)).values(checkpoint_key=key))
+
+
+def _finish(session: Session, lease: Lease, status: JobStatus, **values: Any) -> bool:
+    now = utcnow()
+    statement = (
+        update(Job)
+        .where(_held(lease))
+        .values(status=status, lease_expires_at=None, finished_at=now, updated_at=now, **values)
+    )
+    return _changed(session, statement)
+
+
+def finish_succeeded(session: Session, lease: Lease, result: dict[str, Any]) -> bool:
+    """running (or canceling: the work completed before the next cancel check) -> succeeded."""
+    return _finish(session, lease, JobStatus.succeeded, result=result, error_code=None, error_message=None)
+
+
+def finish_failed(session: Session, lease: Lease, code: str, message: str) -> bool:
+    return _finish(session, lease, JobStatus.failed, error_code=code, error_message=message[:4000])
+
+
+def finish_canceled(session: Session, lease: Lease) -> bool:
+    return _finish(session, lease, JobStatus.canceled)
+
+
+def _changed(session: Session, statement: Any) -> bool:
+    return session.execute(statement.returning(Job.id)).first() is not None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sweeper transitions
+
+
+def requeue_expired(session: Session, max_attempts: int, now: dt.datetime | None = None) -> RequeueReport:
+    """Settle jobs whose worker stopped renewing its lease.
+
+    canceling -> canceled; running with attempts < max_attempts -> queued (attempts kept: the next claim
+    raises it; published_at cleared: the caller publishes it again); running otherwise -> failed
+    `attempts_exhausted`. Each is one UPDATE on the expected state, so concurrent sweepers split the
+    work instead of doubling it."""
+    now = now or utcnow()
+    expired = and_(Job.lease_expires_at.is_not(None), Job.lease_expires_at < now)
+    canceled = session.execute(
+        update(Job)
+        .where(Job.status == JobStatus.canceling, expired)
+        .values(status=JobStatus.canceled, lease_expires_at=None, finished_at=now, updated_at=now)
+        .returning(Job.id)
+    ).all()
+    exhausted = session.execute(
+        update(Job)
+        .where(Job.status == JobStatus.running, expired, Job.attempts >= max_attempts)
+        .values(
+            status=JobStatus.failed,
+            lease_expires_at=None,
+            finished_at=now,
+            updated_at=now,
+            error_code="attempts_exhausted",
+            error_message=(
+                f"the worker running this job stopped renewing its lease on each of {max_attempts} "
+                "attempts (crashed, killed or lost its connection); not retried again"
+            ),
+        )
+        .returning(Job.id)
+    ).all()
+    requeued = session.execute(
+        update(Job)
+        .where(Job.status == JobStatus.running, expired, Job.attempts < max_attempts)
+        .values(
+            status=JobStatus.queued,
+            lease_owner=None,
+            lease_expires_at=None,
+            published_at=None,
+            updated_at=now,
+        )
+        .returning(Job.id, Job.kind, Job.priority)
+    ).all()
+    return RequeueReport(
+        requeued=[PublishTarget(row.id, row.kind, row.priority) for row in requeued],
+        exhausted=len(exhausted),
+        canceled=len(canceled),
+    )
+
+
+def find_lost_queued(
+    session: Session,
+    republish_after_seconds: float,
+    unpublished_grace_seconds: float,
+    limit: int = 1000,
+    now: dt.datetime | None = None,
+) -> list[PublishTarget]:
+    """Queued jobs that may have no message behind them: published longer ago than
+    `republish_after_seconds`, or never published and untouched for `unpublished_grace_seconds` (the API
+    commits the row before it publishes). Oldest first. The caller checks the broker before republishing."""
+    now = now or utcnow()
+    stale = now - dt.timedelta(seconds=republish_after_seconds)
+    grace = now - dt.timedelta(seconds=unpublished_grace_seconds)
+    rows = session.execute(
+        select(Job.id, Job.kind, Job.priority)
+        .where(
+            Job.status == JobStatus.queued,
+            or_(
+                Job.published_at < stale,
+                and_(Job.published_at.is_(None), Job.updated_at < grace),
+            ),
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+    ).all()
+    return [PublishTarget(row.id, row.kind, row.priority) for row in rows]
+
+
+def mark_published(session: Session, job_ids: list[uuid.UUID], when: dt.datetime | None = None) -> int:
+    """Record that queued jobs were (re)published; jobs that left `queued` meanwhile are left alone."""
+    if not job_ids:
+        return 0
+    result = session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status == JobStatus.queued)
+        .values(published_at=when or utcnow())
+        .returning(Job.id)
+    )
+    return len(result.all())
