@@ -1,0 +1,47 @@
+"""The Flask app factory: settings in, an app with every blueprint, auth and JSON errors out.
+
+The app publishes committed jobs by task name through one Celery app made here; tests pass their own
+`publisher` to record what would be sent.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from api.auth import install_auth
+from api.context import ApiContext, install
+from api.errors import register_error_handlers
+from api.publisher import CeleryPublisher, Publisher
+from api.routes import batches, datasets, health, jobs, models, objects, openapi
+from shared.db import session_factory
+from shared.queue import make_celery
+from shared.settings import Settings, get_settings
+from shared.storage import make_store
+
+MULTIPART_OVERHEAD_BYTES = 1024 * 1024  # form framing and the name field around an upload
+
+
+def create_app(settings: Settings | None = None, publisher: Publisher | None = None) -> Flask:
+    settings = settings or get_settings()
+    app = Flask("genq", static_folder=None)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+    celery = make_celery(settings, name="genq-api")
+    install(
+        app,
+        ApiContext(
+            settings=settings,
+            sessions=session_factory(settings.sql_url),
+            store=make_store(settings),
+            celery=celery,
+            publisher=publisher or CeleryPublisher(celery, settings),
+        ),
+    )
+    install_auth(app)
+    register_error_handlers(app)
+    for module in (jobs, batches, models, datasets, objects, health, openapi):
+        app.register_blueprint(module.bp)
+    logging.getLogger("genq.api").setLevel(logging.INFO)
+    return app

@@ -1,0 +1,40 @@
+"""Bearer-key authentication for everything under /v1, except the OpenAPI document and signed downloads
+(a signed object URL is itself the capability)."""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import Flask, g, request
+
+from api.context import db
+from api.errors import ApiError
+from shared.tenants import authenticate
+
+PUBLIC_ENDPOINTS = {"openapi.spec", "objects.download"}
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="genq"'})
+
+
+def install_auth(app: Flask) -> None:
+    @app.before_request
+    def _authenticate() -> None:
+        # No endpoint: the route does not exist or the method is wrong; let that 404/405 through.
+        if not request.path.startswith("/v1/") or request.endpoint in (None, *PUBLIC_ENDPOINTS):
+            return
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _unauthorized("send an API key as 'Authorization: Bearer <key>'")
+        key = authenticate(db(), token.strip())
+        if key is None:
+            raise _unauthorized("invalid or revoked API key")
+        g.tenant_id = key.tenant_id
+        g.api_key_id = key.id
+
+
+def tenant_id() -> uuid.UUID:
+    """The tenant of the authenticated request."""
+    return g.tenant_id

@@ -1,0 +1,46 @@
+"""What every request needs, made once at startup: settings, sessions, the object store, the publisher.
+
+One SQL session per request (opened on first use, closed at teardown); transactions stay short.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import Flask, current_app, g
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.publisher import Publisher
+from shared.settings import Settings
+from shared.storage import LocalStore, S3Store
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    store: S3Store | LocalStore
+    celery: Celery
+    publisher: Publisher
+
+
+def install(app: Flask, context: ApiContext) -> None:
+    app.extensions["genq"] = context
+
+    @app.teardown_appcontext
+    def _close_session(_exc: BaseException | None) -> None:
+        session = g.pop("db", None)
+        if session is not None:
+            session.close()
+
+
+def api() -> ApiContext:
+    return current_app.extensions["genq"]
+
+
+def db() -> Session:
+    """This request's session."""
+    if "db" not in g:
+        g.db = api().sessions()
+    return g.db

@@ -1,0 +1,90 @@
+"""Checks at submit time that a job's references exist, belong to the tenant, and fit the job.
+
+train needs an uploaded dataset (when not built in); generate/edit need a GAN or VAE; evaluate any model;
+a classifier must be a CNN. Missing (or another tenant's) -> 404, wrong kind -> 422, the field named.
+Checks for a whole batch load every referenced row in two queries.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.errors import field_error
+from shared.models import Dataset, TrainedModel
+from shared.specs import BUILTIN_DATASETS, EditParams, Family, JobKind, Spec
+
+SAMPLERS = (Family.gan, Family.vae)
+
+
+@dataclass(frozen=True)
+class Reference:
+    field: str  # relative to the job's params: "model_id", "classifier_id", "dataset", "source.dataset"
+    table: str  # "model" | "dataset"
+    value: str
+    families: tuple[Family, ...] = ()  # models: the families allowed; empty: any
+
+
+def references(kind: JobKind, params: Spec) -> list[Reference]:
+    refs: list[Reference] = []
+    if kind == JobKind.train:
+        dataset = params.dataset  # type: ignore[attr-defined]
+        if dataset not in BUILTIN_DATASETS:
+            refs.append(Reference("dataset", "dataset", dataset))
+        return refs
+    families = SAMPLERS if kind in (JobKind.generate, JobKind.edit) else ()
+    refs.append(Reference("model_id", "model", str(params.model_id), families))  # type: ignore[attr-defined]
+    classifier = getattr(params, "classifier_id", None)
+    if classifier is not None:
+        refs.append(Reference("classifier_id", "model", str(classifier), (Family.cnn,)))
+    if isinstance(params, EditParams) and params.source and params.source.dataset not in BUILTIN_DATASETS:
+        refs.append(Reference("source.dataset", "dataset", params.source.dataset))
+    return refs
+
+
+def _uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def check_references(
+    session: Session, tenant_id: uuid.UUID, jobs: Sequence[tuple[str, JobKind, Spec]]
+) -> None:
+    """`jobs`: (params field prefix, kind, parsed params) per job. Raises the first problem found."""
+    wanted = [(prefix, ref) for prefix, kind, params in jobs for ref in references(kind, params)]
+    if not wanted:
+        return
+    ids = {t: {_uuid(r.value) for _, r in wanted if r.table == t} - {None} for t in ("model", "dataset")}
+    families: dict[uuid.UUID, Family] = {}
+    if ids["model"]:
+        query = select(TrainedModel.id, TrainedModel.family).where(
+            TrainedModel.tenant_id == tenant_id, TrainedModel.id.in_(ids["model"])
+        )
+        families = {row.id: row.family for row in session.execute(query)}
+    datasets: set[uuid.UUID] = set()
+    if ids["dataset"]:
+        query = select(Dataset.id).where(Dataset.tenant_id == tenant_id, Dataset.id.in_(ids["dataset"]))
+        datasets = set(session.scalars(query))
+    for prefix, ref in wanted:
+        field = f"{prefix}.{ref.field}"
+        ref_id = _uuid(ref.value)
+        if ref_id is None:
+            raise field_error(422, "invalid_request", field, f"{ref.value!r} is not a {ref.table} id")
+        if ref.table == "dataset":
+            if ref_id not in datasets:
+                raise field_error(404, "not_found", field, f"no dataset {ref_id}")
+            continue
+        family = families.get(ref_id)
+        if family is None:
+            raise field_error(404, "not_found", field, f"no model {ref_id}")
+        if ref.families and family not in ref.families:
+            allowed = " or ".join(f.value for f in ref.families)
+            raise field_error(
+                422, "invalid_reference", field, f"model {ref_id} is a {family.value}, not {allowed}"
+            )

@@ -1,0 +1,47 @@
+"""/v1/batches: bulk submission (up to 10,000 jobs), progress counts, cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, url_for
+
+from api.auth import tenant_id
+from api.context import api, db
+from api.queries import batch_counts, get_owned
+from api.submission import submit_batch
+from api.validation import idempotency_key, json_body
+from api.views import batch_view
+from shared.job_state import cancel_batch
+from shared.models import Batch
+
+bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
+
+
+def _view(batch: Batch) -> dict[str, Any]:
+    return batch_view(batch, batch_counts(db(), batch.id))
+
+
+@bp.post("")
+def create() -> tuple[Response, int, dict[str, str]]:
+    ctx = api()
+    batch, job_ids, created = submit_batch(
+        db(), tenant_id(), json_body(), idempotency_key(), ctx.settings, ctx.publisher
+    )
+    location = url_for("batches.read", batch_id=batch.id)
+    return jsonify({**_view(batch), "job_ids": job_ids}), 202 if created else 200, {"Location": location}
+
+
+@bp.get("/<batch_id>")
+def read(batch_id: str) -> Response:
+    return jsonify(_view(get_owned(db(), Batch, batch_id, tenant_id())))
+
+
+@bp.post("/<batch_id>/cancel")
+def cancel(batch_id: str) -> Response:
+    session = db()
+    batch = get_owned(session, Batch, batch_id, tenant_id())
+    cancel_batch(session, batch.id)
+    session.commit()
+    session.refresh(batch)
+    return jsonify(_view(batch))

@@ -1,0 +1,66 @@
+"""/v1/jobs: submit, list, read, cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, url_for
+from sqlalchemy import select
+
+from api.auth import tenant_id
+from api.context import api, db
+from api.pagination import page, page_limit, page_query
+from api.queries import get_owned, queue_position
+from api.submission import submit_job
+from api.validation import idempotency_key, json_body, query_choice, query_uuid
+from api.views import job_summary, job_view
+from shared.job_state import request_cancel
+from shared.models import Job, JobStatus
+from shared.specs import JobKind
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+
+def _detail(job: Job) -> dict[str, Any]:
+    return job_view(job, api().store, queue_position(db(), job))
+
+
+@bp.post("")
+def create() -> tuple[Response, int, dict[str, str]]:
+    ctx = api()
+    job, created = submit_job(db(), tenant_id(), json_body(), idempotency_key(), ctx.settings, ctx.publisher)
+    location = url_for("jobs.read", job_id=job.id)
+    return jsonify(_detail(job)), 202 if created else 200, {"Location": location}
+
+
+@bp.get("")
+def list_jobs() -> Response:
+    statuses = query_choice("status", [s.value for s in JobStatus], multiple=True)
+    kinds = query_choice("kind", [k.value for k in JobKind], multiple=True)
+    batch_id = query_uuid("batch")
+    limit = page_limit()
+    query = select(Job).where(Job.tenant_id == tenant_id())
+    if statuses:
+        query = query.where(Job.status.in_([JobStatus(s) for s in statuses]))
+    if kinds:
+        query = query.where(Job.kind.in_([JobKind(k) for k in kinds]))
+    if batch_id:
+        query = query.where(Job.batch_id == batch_id)
+    rows = db().scalars(page_query(query, Job.created_at, Job.id, request.args.get("cursor"), limit)).all()
+    jobs, next_cursor = page(rows, limit)
+    return jsonify({"jobs": [job_summary(j) for j in jobs], "next_cursor": next_cursor})
+
+
+@bp.get("/<job_id>")
+def read(job_id: str) -> Response:
+    return jsonify(_detail(get_owned(db(), Job, job_id, tenant_id())))
+
+
+@bp.post("/<job_id>/cancel")
+def cancel(job_id: str) -> Response:
+    session = db()
+    job = get_owned(session, Job, job_id, tenant_id())
+    request_cancel(session, job.id)
+    session.commit()
+    session.refresh(job)
+    return jsonify(_detail(job))

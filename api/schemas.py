@@ -1,0 +1,150 @@
+"""Response shapes, for the OpenAPI document. The views in api/views.py build plain dicts with exactly
+these keys (a test checks that they agree); requests are validated by the specs in shared/specs.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    field: str = Field(description="dotted path of the offending field, parameter or header")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="machine-readable, e.g. invalid_request, not_found, idempotency_conflict")
+    message: str = Field(description="names the first offending field")
+    details: list[ErrorDetail]
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Progress(BaseModel):
+    phase: str | None
+    step: float | None
+    total: float | None
+    percent: float | None = Field(description="0-100")
+    eta_seconds: float | None = Field(description="estimated from the rate so far")
+    metrics: dict[str, Any]
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class ArtifactView(BaseModel):
+    name: str = Field(description='"grid.png", "manifest.json", "shards/00000.tar", ...')
+    content_type: str
+    size: int
+    sha256: str
+    url: str = Field(description="download URL minted at read time; expires")
+
+
+class JobSummary(BaseModel):
+    id: str
+    kind: str
+    status: str = Field(description="queued, running, succeeded, failed, canceling or canceled")
+    priority: int
+    queue: str
+    progress: Progress | None
+    attempts: int
+    error: JobError | None
+    batch_id: str | None
+    model_id: str | None = Field(description="train: the model it made; others: the model they use")
+    created_at: str
+    updated_at: str
+    published_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class JobView(JobSummary):
+    params: dict[str, Any] = Field(description="the validated params, defaults filled in")
+    queue_position: int | None = Field(description="queued jobs ahead of this one in its queue")
+    result: dict[str, Any] | None
+    metrics: dict[str, Any]
+    artifacts: list[ArtifactView]
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last")
+
+
+class BatchView(BaseModel):
+    id: str
+    total: int
+    counts: dict[str, int] = Field(description="jobs per status")
+    finished: int
+    done: bool
+    canceled: bool
+    canceled_at: str | None
+    created_at: str
+
+
+class BatchCreated(BatchView):
+    job_ids: list[str] = Field(description="in item order")
+
+
+class ModelView(BaseModel):
+    id: str
+    family: str
+    name: str
+    version: int
+    dataset: str
+    image_size: int
+    channels: int
+    num_classes: int
+    class_names: list[Any]
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    training_job_id: str | None
+    checkpoint_sha256: str
+    checkpoint_url: str
+    sample_grid_url: str | None
+    created_at: str
+
+
+class ModelList(BaseModel):
+    models: list[ModelView]
+    next_cursor: str | None
+
+
+class DatasetView(BaseModel):
+    id: str
+    name: str
+    format: str
+    size_bytes: int
+    sha256: str
+    num_images: int
+    image_size: int = Field(description="largest side of the source images")
+    channels: int
+    class_names: list[Any]
+    created_at: str
+
+
+class DatasetList(BaseModel):
+    datasets: list[DatasetView]
+    next_cursor: str | None
+
+
+class DatasetUpload(BaseModel):
+    """multipart/form-data body of POST /v1/datasets."""
+
+    file: bytes = Field(description="a .zip of PNG/JPEG images (one folder per class for labels) or an .npz")
+    name: str | None = Field(None, max_length=200, description="default: the file's name")
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(description="database, broker, storage: ok or unavailable")
+    failed: list[str]

@@ -1,0 +1,212 @@
+"""Submitting jobs and batches: validate -> write -> commit -> publish.
+
+Everything is validated (params and references) before anything is written, and the rows are committed
+before any message is sent, so a worker never sees a job that is not in SQL and a failed request never
+leaves a half-written one. A broker failure after the commit leaves the jobs queued with published_at
+NULL: the request still succeeds, and the sweeper publishes them later.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from api.errors import ApiError
+from api.publisher import JobMessage, Publisher
+from api.references import check_references
+from api.validation import parse
+from shared.models import Batch, Job, JobStatus, utcnow
+from shared.queue import queue_for
+from shared.settings import Settings
+from shared.specs import PARAMS_BY_KIND, BatchSubmission, JobKind, JobSubmission, Spec
+
+PUBLISHED_UPDATE_CHUNK = 1000
+log = logging.getLogger("genq.api")
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    kind: JobKind
+    params: dict[str, Any]  # validated and normalised: what the worker will read back
+    priority: int
+
+    def same_as(self, job: Job) -> bool:
+        return (job.kind, job.params, job.priority) == (self.kind, self.params, self.priority)
+
+
+def _prepare(submission: JobSubmission, prefix: str, priority: int) -> tuple[PreparedJob, Spec]:
+    params = parse(PARAMS_BY_KIND[submission.kind], submission.params, f"{prefix}params")
+    return PreparedJob(submission.kind, params.model_dump(mode="json"), priority), params
+
+
+def _row(job: PreparedJob, tenant_id: uuid.UUID, settings: Settings, now: dt.datetime, **extra: Any) -> dict:
+    return {
+        "id": uuid.uuid4(),
+        "tenant_id": tenant_id,
+        "kind": job.kind,
+        "params": job.params,
+        "status": JobStatus.queued,
+        "queue": queue_for(job.kind, settings),
+        "priority": job.priority,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+        **extra,
+    }
+
+
+def _conflict() -> ApiError:
+    message = "Idempotency-Key: already used for a different request"
+    return ApiError(409, "idempotency_conflict", message, [{"field": "Idempotency-Key", "message": message}])
+
+
+def _mark_published(
+    session: Session, ids: Sequence[str], batch_id: uuid.UUID | None = None
+) -> dt.datetime | None:
+    """Record the publish, touching nothing else (the worker may already be running the job).
+
+    The jobs are committed and sent by now, so a failure here is logged, not returned: at worst the
+    sweeper publishes them again and the worker's claim ignores the duplicate."""
+    now = utcnow()
+    unpublished = (
+        update(Job).where(Job.published_at.is_(None)).values(published_at=now, updated_at=Job.updated_at)
+    )
+    try:
+        if batch_id is not None:
+            session.execute(unpublished.where(Job.batch_id == batch_id))
+        else:
+            for start in range(0, len(ids), PUBLISHED_UPDATE_CHUNK):
+                chunk = [uuid.UUID(i) for i in ids[start : start + PUBLISHED_UPDATE_CHUNK]]
+                session.execute(unpublished.where(Job.id.in_(chunk)))
+        session.commit()
+    except SQLAlchemyError as exc:
+        session.rollback()
+        log.warning("could not record the publish of %d jobs: %s", len(ids), exc)
+        return None
+    return now
+
+
+# ---------------------------------------------------------------------------------------------------
+# One job
+
+
+def _existing_job(session: Session, tenant_id: uuid.UUID, key: str, prepared: PreparedJob) -> Job | None:
+    job = session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+    if job is not None and not prepared.same_as(job):
+        raise _conflict()
+    return job
+
+
+def submit_job(
+    session: Session,
+    tenant_id: uuid.UUID,
+    body: dict[str, Any],
+    key: str | None,
+    settings: Settings,
+    publisher: Publisher,
+) -> tuple[Job, bool]:
+    """The job for this request and whether it was created now (False: an idempotent replay)."""
+    submission = parse(JobSubmission, body)
+    prepared, params = _prepare(submission, "", submission.priority)
+    if key is not None and (existing := _existing_job(session, tenant_id, key, prepared)):
+        return existing, False
+    check_references(session, tenant_id, [("params", prepared.kind, params)])
+    row = _row(prepared, tenant_id, settings, utcnow(), idempotency_key=key)
+    job = Job(**row)
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same key won the insert
+        session.rollback()
+        existing = _existing_job(session, tenant_id, key, prepared) if key else None
+        if existing is None:
+            raise
+        return existing, False
+    sent = publisher([JobMessage(str(job.id), job.kind, job.priority)])
+    if sent and (published_at := _mark_published(session, sent)):
+        set_committed_value(job, "published_at", published_at)
+    return job, True
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batches
+
+
+def _prepare_batch(submission: BatchSubmission) -> tuple[list[PreparedJob], list[tuple[str, JobKind, Spec]]]:
+    prepared, refs = [], []
+    for i, item in enumerate(submission.expand()):
+        prefix = f"items.{i}." if submission.items is not None else "template."
+        own_priority = "priority" in item.model_fields_set
+        job, params = _prepare(item, prefix, item.priority if own_priority else submission.priority)
+        prepared.append(job)
+        refs.append((f"{prefix}params", job.kind, params))
+    return prepared, refs
+
+
+def _existing_batch(
+    session: Session, tenant_id: uuid.UUID, key: str, prepared: list[PreparedJob]
+) -> tuple[Batch, list[str]] | None:
+    batch = session.scalar(select(Batch).where(Batch.tenant_id == tenant_id, Batch.idempotency_key == key))
+    if batch is None:
+        return None
+    query = select(Job.id, Job.kind, Job.params, Job.priority).where(Job.batch_id == batch.id)
+    rows = session.execute(query.order_by(Job.created_at, Job.id)).all()
+    same = len(rows) == len(prepared) == batch.total and all(
+        (r.kind, r.params, r.priority) == (p.kind, p.params, p.priority)
+        for r, p in zip(rows, prepared, strict=True)
+    )
+    if not same:
+        raise _conflict()
+    return batch, [str(r.id) for r in rows]
+
+
+def submit_batch(
+    session: Session,
+    tenant_id: uuid.UUID,
+    body: dict[str, Any],
+    key: str | None,
+    settings: Settings,
+    publisher: Publisher,
+) -> tuple[Batch, list[str], bool]:
+    """The batch, its job ids in item order, and whether it was created now."""
+    submission = parse(BatchSubmission, body)
+    prepared, refs = _prepare_batch(submission)
+    if key is not None and (existing := _existing_batch(session, tenant_id, key, prepared)):
+        return (*existing, False)
+    check_references(session, tenant_id, refs)
+    now = utcnow()
+    batch = Batch(
+        id=uuid.uuid4(), tenant_id=tenant_id, total=len(prepared), idempotency_key=key, created_at=now
+    )
+    # Item i is created i microseconds after the first: listings and the queue keep the batch's order.
+    rows = [
+        _row(job, tenant_id, settings, now + dt.timedelta(microseconds=i), batch_id=batch.id)
+        for i, job in enumerate(prepared)
+    ]
+    session.add(batch)
+    try:
+        session.flush()
+        session.execute(insert(Job), rows)  # one executemany, not an ORM object per job
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        existing = _existing_batch(session, tenant_id, key, prepared) if key else None
+        if existing is None:
+            raise
+        return (*existing, False)
+    messages = [JobMessage(str(row["id"]), row["kind"], row["priority"]) for row in rows]
+    sent = publisher(messages)
+    if len(sent) == len(messages):
+        _mark_published(session, sent, batch_id=batch.id)
+    elif sent:
+        _mark_published(session, sent)
+    return batch, [m.job_id for m in messages], True
