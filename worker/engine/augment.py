@@ -30,9 +30,10 @@ def translate(images: torch.Tensor, generator: torch.Generator, ratio: float = 0
     """Shift each image by up to ratio * side pixels in each direction, filling with -1 (black)."""
     b, _, h, w = images.shape
     max_dy, max_dx = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    shifts = (_uniform((b, 2), generator, images.device) * torch.tensor(
-        [2 * max_dy + 1, 2 * max_dx + 1], device=images.device
-    )).long()  # (B, 2) in [0, 2*max]
+    shifts = (
+        _uniform((b, 2), generator, images.device)
+        * torch.tensor([2 * max_dy + 1, 2 * max_dx + 1], device=images.device)
+    ).long()  # (B, 2) in [0, 2*max]
     padded = torch.nn.functional.pad(images, (max_dx, max_dx, max_dy, max_dy), value=-1.0)
     rows = torch.arange(h, device=images.device)[None, :] + shifts[:, :1]  # (B, H)
     cols = torch.arange(w, device=images.device)[None, :] + shifts[:, 1:]  # (B, W)

@@ -242,7 +242,9 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
     cuda = device.type == "cuda"
     generator, discriminator = build_generator(config).to(device), build_discriminator(config).to(device)
     if cuda:
-        generator, discriminator = (m.to(memory_format=torch.channels_last) for m in (generator, discriminator))
+        generator, discriminator = (
+            m.to(memory_format=torch.channels_last) for m in (generator, discriminator)
+        )
     ema = copy.deepcopy(generator).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d or config.lr, betas=config.betas)

@@ -8,6 +8,8 @@ attribute edits - through conditional BatchNorm; the discriminator adds the proj
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -67,7 +69,7 @@ class Generator(nn.Module):
         # Transposed 4x4 stride-2 convolutions: a doubling stage at 4 multiply-adds per output pixel
         # and input channel (upsample + 3x3 conv costs 9), which matters on CPU.
         self.ups = nn.ModuleList(
-            [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False) for a, b in zip(chans, chans[1:], strict=False)]
+            [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False) for a, b in itertools.pairwise(chans)]
         )
         self.to_image = nn.Conv2d(chans[-1], channels, 3, 1, 1)
 
@@ -94,9 +96,13 @@ class Discriminator(nn.Module):
         base_size(image_size)  # validates the size
         chans = [max(width // 2, 8), width, width * 2] + ([width * 4] if image_size == 64 else [])
         layers: list[nn.Module] = [spectral_norm(nn.Conv2d(channels, chans[0], 3, 1, 1))]
-        for a, b in zip(chans, chans[1:], strict=False):  # each stage halves the side
+        for a, b in itertools.pairwise(chans):  # each stage halves the side
             layers += [nn.LeakyReLU(0.2), spectral_norm(nn.Conv2d(a, b, 4, 2, 1))]
-        layers += [nn.LeakyReLU(0.2), spectral_norm(nn.Conv2d(chans[-1], chans[-1], 3, 1, 1)), nn.LeakyReLU(0.2)]
+        layers += [
+            nn.LeakyReLU(0.2),
+            spectral_norm(nn.Conv2d(chans[-1], chans[-1], 3, 1, 1)),
+            nn.LeakyReLU(0.2),
+        ]
         self.features = nn.Sequential(*layers)
         self.score = spectral_norm(nn.Linear(chans[-1], 1))
         self.embed = spectral_norm(nn.Embedding(num_classes, chans[-1])) if num_classes else None

@@ -169,7 +169,7 @@ def test_item_depends_only_on_its_seed() -> None:
         assert torch.equal(gan.sample(model, [seeds[i]], [labels[i]])[0], batch[i])
     # a conditional model without labels draws label seed % K, also per item
     assert torch.equal(gan.sample(model, [5], None)[0], gan.sample(model, [5], [5 % 3])[0])
-    with pytest.raises(ConfigError, match="^labels: "):
+    with pytest.raises(ConfigError, match=r"^labels: "):
         gan.sample(model, [1], [3])
 
 
