@@ -1,0 +1,138 @@
+"""Admin commands that talk to the database directly (GENQ_DATABASE_URL, or the SQLite file under
+GENQ_DATA_DIR): tenants, API keys, migrations. Whoever can run these can read the database anyway."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]  # the project root: alembic.ini and migrations/
+
+
+class AdminError(RuntimeError):
+    """An admin command was refused; the message says why."""
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, with --data-dir / --database-url over them."""
+    overrides = {}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    if getattr(args, "database_url", None):
+        overrides["database_url"] = args.database_url
+    return Settings(**overrides)
+
+
+def upgrade_database(url: str) -> None:
+    """`alembic upgrade head` on `url` (in this process: no second interpreter to start)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["configure_logger"] = False  # keep the caller's logging as it is
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    command.upgrade(config, "head")
+
+
+def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
+    settings = settings_for(args)
+    upgrade_database(settings.sql_url)
+    out.write(f"database at head: {redact(settings.sql_url)}\n")
+    return 0
+
+
+def redact(url: str) -> str:
+    """A database URL without its password, for printing."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _session(settings: Settings):  # type: ignore[no-untyped-def]
+    from shared.db import session_factory
+
+    return session_factory(settings.sql_url)()
+
+
+def cmd_create_tenant(args: argparse.Namespace, out: TextIO) -> int:
+    from shared.tenants import TenantError, create_tenant
+
+    with _session(settings_for(args)) as session:
+        try:
+            tenant = create_tenant(session, args.name)
+        except TenantError as exc:
+            raise AdminError(str(exc)) from exc
+        session.commit()
+        out.write(f"{tenant.id}  {tenant.name}\n")
+    return 0
+
+
+def cmd_create_key(args: argparse.Namespace, out: TextIO) -> int:
+    from shared.tenants import create_api_key, find_tenant
+
+    with _session(settings_for(args)) as session:
+        tenant = find_tenant(session, args.tenant)
+        if tenant is None:
+            raise AdminError(f"no tenant named or with id {args.tenant!r} (see `genq admin list-tenants`)")
+        key, plaintext = create_api_key(session, tenant.id, name=args.name or "", admin=args.admin)
+        session.commit()
+        sys.stderr.write(f"key {key.prefix} for tenant {tenant.name}; it is shown only this once:\n")
+        out.write(plaintext + "\n")
+    return 0
+
+
+def cmd_list_tenants(args: argparse.Namespace, out: TextIO) -> int:
+    from shared.tenants import list_api_keys, list_tenants
+
+    with _session(settings_for(args)) as session:
+        for tenant in list_tenants(session):
+            keys = list_api_keys(session, tenant.id)
+            live = [f"{k.prefix}{'(admin)' if k.is_admin else ''}" for k in keys if k.revoked_at is None]
+            out.write(f"{tenant.id}  {tenant.name:<24}  keys: {', '.join(live) or '-'}\n")
+    return 0
+
+
+def key_prefix(text: str) -> str:
+    """`gq_1a2b3c4d_...` or `gq_1a2b3c4d` or `1a2b3c4d` -> `1a2b3c4d`."""
+    text = text.strip()
+    if text.startswith("gq_"):
+        text = text[3:]
+    return text.split("_", 1)[0]
+
+
+def cmd_revoke_key(args: argparse.Namespace, out: TextIO) -> int:
+    from sqlalchemy import select
+
+    from shared.models import ApiKey
+    from shared.tenants import hash_key, revoke_api_key
+
+    prefix = key_prefix(args.prefix)
+    is_full_key = args.prefix.strip().count("_") >= 2
+    query = select(ApiKey).where(
+        ApiKey.key_hash == hash_key(args.prefix.strip()) if is_full_key else ApiKey.prefix == prefix
+    )
+    with _session(settings_for(args)) as session:
+        keys = list(session.scalars(query))
+        if not keys:
+            raise AdminError(f"no API key with prefix {prefix!r}")
+        if len(keys) > 1:
+            raise AdminError(f"{len(keys)} keys share prefix {prefix!r}; revoke by the full key")
+        revoked = revoke_api_key(session, keys[0].id)
+        session.commit()
+        out.write(f"key {prefix}: {'revoked' if revoked else 'was already revoked'}\n")
+    return 0
+
+
+ADMIN_COMMANDS = {
+    "create-tenant": cmd_create_tenant,
+    "create-key": cmd_create_key,
+    "list-tenants": cmd_list_tenants,
+    "revoke-key": cmd_revoke_key,
+}

@@ -1,0 +1,207 @@
+"""An HTTP client for the genq API v1 (requests). Every failure becomes an `ApiError` with a code and a
+message a person can act on: the API's own `{"error": {code, message, details}}`, or what went wrong on
+the way (API unreachable, not JSON, a checksum mismatch on download)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import requests
+
+DEFAULT_TIMEOUT = 30.0
+UPLOAD_TIMEOUT = 900.0
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def __str__(self) -> str:
+        where = f"HTTP {self.status} " if self.status else ""
+        text = f"{where}{self.code}: {self.message}"
+        if self.details:
+            text += f" ({json.dumps(self.details, default=str)})"
+        return text
+
+
+def _error_from_response(response: requests.Response) -> ApiError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        return ApiError(
+            response.status_code,
+            str(error.get("code", "error")),
+            str(error.get("message", response.reason)),
+            error.get("details"),
+        )
+    snippet = response.text.strip().replace("\n", " ")[:200]
+    return ApiError(response.status_code, "http_error", snippet or str(response.reason))
+
+
+class GenqClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self.http = session or requests.Session()
+
+    # -- plumbing --------------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, auth: bool = True, **kwargs: Any) -> Any:
+        """One API call; the decoded JSON body, or ApiError."""
+        headers = dict(kwargs.pop("headers", None) or {})
+        if auth:
+            if not self.api_key:
+                raise ApiError(
+                    0,
+                    "no_api_key",
+                    "no API key: pass --api-key, set GENQ_API_KEY, or start `genq up` (it saves one)",
+                )
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        url = f"{self.base_url}{path}"
+        timeout = kwargs.pop("timeout", self.timeout)
+        try:
+            response = self.http.request(method, url, headers=headers, timeout=timeout, **kwargs)
+        except requests.ConnectionError as exc:
+            raise ApiError(
+                0, "unreachable", f"cannot reach the genq API at {self.base_url} (is it running?)"
+            ) from exc
+        except requests.Timeout as exc:
+            raise ApiError(0, "timeout", f"{method} {url} took longer than {timeout:g}s") from exc
+        if response.status_code >= 400:
+            raise _error_from_response(response)
+        if not response.content:
+            return {}
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ApiError(response.status_code, "bad_response", f"{method} {path}: not JSON") from exc
+
+    # -- health ----------------------------------------------------------------------------------------
+
+    def ready(self) -> dict[str, Any]:
+        return self.request("GET", "/readyz", auth=False)
+
+    # -- jobs and batches ------------------------------------------------------------------------------
+
+    def submit_job(
+        self, kind: str, params: dict[str, Any], priority: int = 0, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = {"kind": kind, "params": params, "priority": priority}
+        return self.request("POST", "/v1/jobs", json=body, headers=headers)
+
+    def submit_batch(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self.request("POST", "/v1/batches", json=body, headers=headers)
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/jobs/{job_id}")
+
+    def get_batch(self, batch_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/batches/{batch_id}")
+
+    def get_job_or_batch(self, item_id: str) -> tuple[str, dict[str, Any]]:
+        """("job", body) or ("batch", body): `genq status ID` takes either."""
+        try:
+            return "job", self.get_job(item_id)
+        except ApiError as exc:
+            if exc.status not in (404, 400):
+                raise
+            try:
+                return "batch", self.get_batch(item_id)
+            except ApiError as batch_exc:
+                if batch_exc.status in (404, 400):
+                    raise ApiError(404, "not_found", f"no job or batch {item_id}") from batch_exc
+                raise
+
+    def list_jobs(self, **filters: Any) -> dict[str, Any]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self.request("GET", "/v1/jobs", params=params)
+
+    def iter_jobs(self, page_size: int = 200, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every matching job, newest first, following the cursor."""
+        cursor = None
+        while True:
+            page = self.list_jobs(limit=page_size, cursor=cursor, **filters)
+            yield from page.get("jobs", [])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/batches/{batch_id}/cancel")
+
+    # -- models and datasets ---------------------------------------------------------------------------
+
+    def list_models(self, **filters: Any) -> dict[str, Any]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self.request("GET", "/v1/models", params=params)
+
+    def get_model(self, model_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/models/{model_id}")
+
+    def list_datasets(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/datasets")
+
+    def upload_dataset(self, path: Path, name: str | None = None) -> dict[str, Any]:
+        data = {"name": name} if name else {}
+        with path.open("rb") as handle:
+            return self.request(
+                "POST", "/v1/datasets", files={"file": (path.name, handle)}, data=data, timeout=UPLOAD_TIMEOUT
+            )
+
+    # -- downloads -------------------------------------------------------------------------------------
+
+    def download(self, url: str, target: Path, sha256: str | None = None) -> Path:
+        """Stream a download URL (presigned S3 or signed local) to `target`, verifying its sha256.
+
+        The URL carries its own signature: no Authorization header is sent (S3 rejects a second one).
+        The file appears only complete and verified (written beside it, then renamed)."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.part")
+        digest = hashlib.sha256()
+        try:
+            with self.http.get(url, stream=True, timeout=self.timeout) as response:
+                if response.status_code >= 400:
+                    raise _error_from_response(response)
+                with partial.open("wb") as out:
+                    for chunk in response.iter_content(chunk_size=1024 * 1024):
+                        digest.update(chunk)
+                        out.write(chunk)
+        except requests.RequestException as exc:
+            partial.unlink(missing_ok=True)
+            raise ApiError(0, "download_failed", f"download of {target.name} failed: {exc}") from exc
+        except ApiError:
+            partial.unlink(missing_ok=True)
+            raise
+        if sha256 and digest.hexdigest() != sha256.lower():
+            partial.unlink(missing_ok=True)
+            raise ApiError(
+                0,
+                "checksum_mismatch",
+                f"{target.name}: sha256 {digest.hexdigest()} does not match the recorded {sha256}",
+            )
+        os.replace(partial, target)
+        return target
