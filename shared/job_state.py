@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from shared.models import Batch, Job, JobStatus, utcnow
@@ -175,15 +176,20 @@ def _changed(session: Session, statement: Any) -> bool:
 # Sweeper transitions
 
 
-def requeue_expired(session: Session, max_attempts: int, now: dt.datetime | None = None) -> RequeueReport:
-    """Settle jobs whose worker stopped renewing its lease.
+def requeue_expired(
+    session: Session,
+    max_attempts: int,
+    queues: Sequence[str] | None = None,
+    now: dt.datetime | None = None,
+) -> RequeueReport:
+    """Settle jobs (of `queues`, default all) whose worker stopped renewing its lease.
 
     canceling -> canceled; running with attempts < max_attempts -> queued (attempts kept: the next claim
     raises it; published_at cleared: the caller publishes it again); running otherwise -> failed
     `attempts_exhausted`. Each is one UPDATE on the expected state, so concurrent sweepers split the
     work instead of doubling it."""
     now = now or utcnow()
-    expired = and_(Job.lease_expires_at.is_not(None), Job.lease_expires_at < now)
+    expired = and_(Job.lease_expires_at.is_not(None), Job.lease_expires_at < now, _in_queues(queues))
     canceled = session.execute(
         update(Job)
         .where(Job.status == JobStatus.canceling, expired)
@@ -229,6 +235,7 @@ def find_lost_queued(
     session: Session,
     republish_after_seconds: float,
     unpublished_grace_seconds: float,
+    queues: Sequence[str] | None = None,
     limit: int = 1000,
     now: dt.datetime | None = None,
 ) -> list[PublishTarget]:
@@ -242,6 +249,7 @@ def find_lost_queued(
         select(Job.id, Job.kind, Job.priority)
         .where(
             Job.status == JobStatus.queued,
+            _in_queues(queues),
             or_(
                 Job.published_at < stale,
                 and_(Job.published_at.is_(None), Job.updated_at < grace),
@@ -251,6 +259,11 @@ def find_lost_queued(
         .limit(limit)
     ).all()
     return [PublishTarget(row.id, row.kind, row.priority) for row in rows]
+
+
+def _in_queues(queues: Sequence[str] | None) -> ColumnElement[bool]:
+    # A sweeper looks after the queues its deployment serves (several deployments may share a database).
+    return Job.queue.in_(list(queues)) if queues is not None else true()
 
 
 def mark_published(session: Session, job_ids: list[uuid.UUID], when: dt.datetime | None = None) -> int:

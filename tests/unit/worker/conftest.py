@@ -36,7 +36,8 @@ def tenant_id(sessions: sessionmaker[Session]) -> uuid.UUID:
 def make_job(sessions: sessionmaker[Session], tenant_id: uuid.UUID):  # type: ignore[no-untyped-def]
     def make(kind: JobKind = JobKind.train, **values: Any) -> uuid.UUID:
         with sessions.begin() as session:
-            job = Job(tenant_id=tenant_id, kind=kind, params={}, queue="q", **values)
+            values.setdefault("queue", "q")
+            job = Job(tenant_id=tenant_id, kind=kind, params={}, **values)
             session.add(job)
             session.flush()
             return job.id

@@ -1,0 +1,80 @@
+"""The worker's Celery app: the shared transport settings plus the GPU worker shape.
+
+Run one worker process per GPU, pinned with CUDA_VISIBLE_DEVICES (`python -m worker` does it):
+
+    CUDA_VISIBLE_DEVICES=0 celery -A worker.celery_app worker --hostname gpu0@%h -Q genq.train,genq.sample
+
+Why these settings:
+- prefork pool, **spawn** start method: the job runs in a child process that is a fresh interpreter,
+  never a fork. CUDA cannot be used in a forked child of a process that initialised it, and a fresh child
+  also gives back every byte of GPU and host memory when it is replaced. The main process never imports
+  torch (it consumes messages, runs the sweeper); the child imports the engine once, at start.
+- concurrency 1: one job at a time per GPU; a second job would compete for the same device memory.
+- prefetch multiplier 1 + late acks: a worker holds only the message it is running, acknowledged when the
+  job returns, so queued work waits in Redis for whichever GPU frees up first, and a worker that dies
+  mid-job leaves its message unacknowledged. The SQL row is the truth either way: the sweeper requeues
+  a job whose lease expired and republishes queued jobs with no message in the broker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, bootsteps, signals
+from kombu import Exchange, Queue
+
+from shared.queue import make_celery
+from shared.settings import get_settings
+
+settings = get_settings()
+app: Celery = make_celery(settings, name="genq-worker")
+app.conf.update(
+    include=["worker.tasks"],
+    # Both queues by default; `-Q` picks one to dedicate a GPU pool to training or to sampling.
+    # Each bound to its own direct exchange, as Celery creates a queue the API names in send_task.
+    task_queues=[
+        Queue(name, Exchange(name), routing_key=name)
+        for name in (settings.train_queue, settings.sample_queue)
+    ],
+    worker_pool="prefork",
+    worker_pool_start_method="spawn",
+    worker_concurrency=1,
+    worker_prefetch_multiplier=1,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # A spawned child imports torch before it reports ready: allow for a slow disk or a busy machine.
+    worker_proc_alive_timeout=120,
+    worker_send_task_events=False,
+    # The job keeps running through a broker reconnection: its state lives in SQL, not in the message.
+    worker_cancel_long_running_tasks_on_connection_loss=False,
+)
+
+
+class SweeperStep(bootsteps.StartStopStep):
+    """The sweeper thread, in the worker's main process (not in the pool child that runs jobs)."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.sweeper: Any = None
+
+    def start(self, parent: Any) -> None:
+        from worker.sweeper import SweeperThread
+
+        self.sweeper = SweeperThread(settings, app).start()
+
+    def stop(self, parent: Any) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
+            self.sweeper = None
+
+
+app.steps["worker"].add(SweeperStep)
+
+
+@signals.worker_process_init.connect
+def _prepare_pool_process(**_: Any) -> None:
+    """In the pool child: thread count, then the engine (torch) loaded before the first job arrives."""
+    from worker.engine.runtime import configure_threads
+
+    configure_threads(settings.torch_threads or None)
+    import worker.execution  # noqa: F401
