@@ -358,7 +358,9 @@ def cmd_download(args: argparse.Namespace, client: GenqClient, out: TextIO) -> i
 
 
 def cmd_jobs(args: argparse.Namespace, client: GenqClient, out: TextIO) -> int:
-    page = client.list_jobs(status=args.status, kind=args.kind, batch=args.batch, limit=args.limit)
+    page = client.list_jobs(
+        status=args.status, kind=args.kind, batch=args.batch, limit=args.limit, cursor=args.cursor
+    )
     if args.json:
         print_json(page, out)
         return EXIT_OK

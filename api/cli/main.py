@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--kind", choices=["train", "generate", "edit", "evaluate"])
     jobs.add_argument("--batch", help="only this batch's jobs")
     jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--cursor", help="the next page (printed after a full page)")
     jobs.add_argument("--json", action="store_true")
     models = sub.add_parser("models", help="list trained models, or show one", parents=[common])
     models.add_argument("id", nargs="?", help="model id")
