@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from worker.engine.images import encode_png, grid_png, loss_curve_png, resize_images, smooth
+
+
+def decode(png: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    return image
+
+
+def test_grid_of_grey_tensor_has_two_pixel_gutters() -> None:
+    images = torch.full((5, 1, 4, 6), 200, dtype=torch.uint8)
+    grid = decode(grid_png(images, nrow=3))
+    assert grid.mode == "L" and grid.size == (3 * (6 + 2) + 2, 2 * (4 + 2) + 2)
+    pixels = np.asarray(grid)
+    assert pixels[0].max() == 0 and pixels[2:6, 2:8].min() == 200
+    assert pixels[8:12, 18:24].max() == 0  # the sixth cell is empty
+
+
+def test_grid_accepts_rgb_arrays_and_defaults_to_a_square() -> None:
+    images = np.zeros((9, 5, 5, 3), np.uint8)
+    images[..., 1] = 255
+    grid = decode(grid_png(images))
+    assert grid.mode == "RGB" and grid.size == (3 * 7 + 2, 3 * 7 + 2)
+    assert tuple(np.asarray(grid)[3, 3]) == (0, 255, 0)
+    with pytest.raises(ValueError):
+        grid_png(np.zeros((2, 5, 5, 2), np.uint8))
+    with pytest.raises(ValueError):
+        grid_png(torch.zeros(2, 1, 5, 5))
+
+
+def test_encode_png_round_trips() -> None:
+    image = np.random.default_rng(0).integers(0, 256, (7, 9, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(decode(encode_png(image))), image)
+    grey = image[..., :1]
+    np.testing.assert_array_equal(np.asarray(decode(encode_png(grey))), grey[..., 0])
+
+
+def test_resize_images_keeps_constant_images_and_shape() -> None:
+    images = torch.full((3, 1, 28, 28), 77, dtype=torch.uint8)
+    resized = resize_images(images, 64)
+    assert (
+        resized.shape == (3, 1, 64, 64) and resized.dtype == torch.uint8 and resized.unique().tolist() == [77]
+    )
+    assert resize_images(images, 28) is images
+    stripes = (torch.arange(64) % 2 * 255).to(torch.uint8).expand(1, 1, 64, 64)
+    assert resize_images(stripes.contiguous(), 8).float().std() < 10  # antialiased: no moire
+
+
+def test_loss_curve_is_a_png_of_the_requested_size() -> None:
+    history = {"loss_d": [1.0 / (i + 1) for i in range(300)], "loss_g": [float("nan"), 2.0, 1.5, 1.2]}
+    curve = decode(loss_curve_png(history, width=400, height=200))
+    assert curve.size == (400, 200) and curve.mode == "RGB"
+    assert np.asarray(curve).std() > 10  # something was drawn
+    assert decode(loss_curve_png({})).size == (640, 360)
+    assert decode(loss_curve_png({"loss": [3.0]})).size == (640, 360)
+
+
+def test_smooth_is_debiased() -> None:
+    assert smooth([5.0] * 10) == pytest.approx([5.0] * 10)
+    assert smooth([]) == []
