@@ -7,6 +7,7 @@ says nothing about internals (the traceback goes to the log).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from flask import Flask, Response, jsonify
@@ -16,9 +17,10 @@ from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("genq.api")
 
-# pydantic reports an option error raised inside TrainParams with the option model's own title and
-# locations relative to `options`.
-NESTED_TITLES = {"CnnOptions": "options", "GanOptions": "options", "VaeOptions": "options"}
+# Union members appear in pydantic locations by type ("labels.list[constrained-int].0"); field names are
+# lower snake case, so anything else in a location is a type tag and left out.
+FIELD_PART = re.compile(r"[a-z_][a-z0-9_]*")
+TYPE_TAGS = frozenset({"int", "str", "float", "bool", "list", "dict", "none", "uuid", "bytes"})
 
 
 class ApiError(Exception):
@@ -44,12 +46,17 @@ def field_error(status: int, code: str, field: str, message: str) -> ApiError:
 
 
 def not_found(what: str, value: object, field: str | None = None) -> ApiError:
-    details = [{"field": field, "message": f"no {what} {value}"}] if field else []
-    return ApiError(404, "not_found", f"no {what} {value}", details)
+    if field is None:
+        return ApiError(404, "not_found", f"no {what} {value}")
+    return field_error(404, "not_found", field, f"no {what} {value}")
 
 
 def _join(*parts: object) -> str:
     return ".".join(str(p) for p in parts if p not in ("", None))
+
+
+def _field_parts(loc: tuple[int | str, ...]) -> list[int | str]:
+    return [p for p in loc if isinstance(p, int) or (FIELD_PART.fullmatch(p) and p not in TYPE_TAGS)]
 
 
 def validation_details(exc: ValidationError, prefix: str = "", fields: frozenset[str] = frozenset()) -> list:
@@ -58,15 +65,16 @@ def validation_details(exc: ValidationError, prefix: str = "", fields: frozenset
     Model-level checks raise "name: message"; when `name` is one of the model's `fields`, it becomes
     the field.
     """
-    prefix = _join(prefix, NESTED_TITLES.get(exc.title, ""))
-    details = []
+    details: list[dict[str, str]] = []
     for error in exc.errors(include_url=False, include_context=False, include_input=False):
         message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        loc = list(error["loc"])
+        loc = _field_parts(error["loc"])
         head, sep, rest = message.partition(": ")
         if not loc and sep and head in fields:
             loc, message = [head], rest
-        details.append({"field": _join(prefix, *loc) or "body", "message": message})
+        detail = {"field": _join(prefix, *loc) or "body", "message": message}
+        if detail not in details:
+            details.append(detail)
     return details
 
 

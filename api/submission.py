@@ -27,7 +27,15 @@ from api.validation import parse
 from shared.models import Batch, Job, JobStatus, utcnow
 from shared.queue import queue_for
 from shared.settings import Settings
-from shared.specs import PARAMS_BY_KIND, BatchSubmission, JobKind, JobSubmission, Spec
+from shared.specs import (
+    FAMILY_OPTIONS,
+    PARAMS_BY_KIND,
+    BatchSubmission,
+    Family,
+    JobKind,
+    JobSubmission,
+    Spec,
+)
 
 PUBLISHED_UPDATE_CHUNK = 1000
 log = logging.getLogger("genq.api")
@@ -43,8 +51,17 @@ class PreparedJob:
         return (job.kind, job.params, job.priority) == (self.kind, self.params, self.priority)
 
 
+def _parse_params(kind: JobKind, raw: dict[str, Any], prefix: str) -> Spec:
+    # Training options are checked first, on their own, so an error names params.options.<field>
+    # (TrainParams checks them too, but pydantic drops the location of a nested model's errors).
+    options, family = raw.get("options"), raw.get("family")
+    if kind == JobKind.train and isinstance(options, dict) and family in FAMILY_OPTIONS:
+        parse(FAMILY_OPTIONS[Family(family)], options, f"{prefix}.options")
+    return parse(PARAMS_BY_KIND[kind], raw, prefix)
+
+
 def _prepare(submission: JobSubmission, prefix: str, priority: int) -> tuple[PreparedJob, Spec]:
-    params = parse(PARAMS_BY_KIND[submission.kind], submission.params, f"{prefix}params")
+    params = _parse_params(submission.kind, submission.params, f"{prefix}params")
     return PreparedJob(submission.kind, params.model_dump(mode="json"), priority), params
 
 

@@ -6,6 +6,7 @@ Every failure is an ApiError naming the field or parameter, so bad input never r
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from typing import Any, TypeVar
 
@@ -20,6 +21,13 @@ M = TypeVar("M", bound=BaseModel)
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf, which SQL JSON cannot store
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
 
 
 def _check_strings(data: Any) -> None:
@@ -48,7 +56,7 @@ def json_body() -> dict[str, Any]:
     request.max_content_length = MAX_JSON_BYTES
     raw = request.get_data(cache=False)
     try:
-        data = json.loads(raw, parse_constant=_reject_constant)  # NaN and Infinity are not JSON
+        data = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
         _check_strings(data)
     except (ValueError, RecursionError) as exc:
         message = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
