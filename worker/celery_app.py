@@ -18,6 +18,8 @@ Why these settings:
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 from celery import Celery, bootsteps, signals
@@ -76,5 +78,9 @@ def _prepare_pool_process(**_: Any) -> None:
     """In the pool child: thread count, then the engine (torch) loaded before the first job arrives."""
     from worker.engine.runtime import configure_threads
 
-    configure_threads(settings.torch_threads or None)
+    threads = configure_threads(settings.torch_threads or None)
     import worker.execution  # noqa: F401
+
+    logging.getLogger(__name__).info(
+        "pool process %d ready (engine loaded, %d threads)", os.getpid(), threads
+    )
