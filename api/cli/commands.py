@@ -30,6 +30,15 @@ TERMINAL = ("succeeded", "failed", "canceled")
 TRANSIENT_CODES = ("unreachable", "timeout")
 
 
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of a metrics dict, rounded (matrices and per-class tables are left to --json)."""
+    return {
+        k: round(v, 4) if isinstance(v, float) else v
+        for k, v in metrics.items()
+        if isinstance(v, int | float | str) and not isinstance(v, bool)
+    }
+
+
 def print_json(value: Any, out: TextIO) -> None:
     out.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
 
@@ -184,9 +193,10 @@ def describe_job(job: dict[str, Any]) -> str:
     error = job.get("error")
     if error:
         lines.append(f"  error: {error.get('code')}: {error.get('message')}")
-    for key in ("metrics", "result"):
-        if job.get(key):
-            lines.append(f"  {key}: {json.dumps(job[key], sort_keys=True, default=str)}")
+    if job.get("model_id"):
+        lines.append(f"  model_id: {job['model_id']}")
+    if job.get("metrics"):
+        lines.append(f"  metrics: {json.dumps(scalar_metrics(job['metrics']), sort_keys=True)}")
     for artifact in job.get("artifacts") or []:
         lines.append(f"  artifact {artifact.get('name')}  {artifact.get('size', '?')} bytes")
     return "\n".join(lines)
@@ -383,10 +393,10 @@ def cmd_models(args: argparse.Namespace, client: GenqClient, out: TextIO) -> int
         print_json(page, out)
         return EXIT_OK
     for model in page.get("models", []):
-        metrics = json.dumps(model.get("metrics") or {}, sort_keys=True, default=str)
+        metrics = json.dumps(scalar_metrics(model.get("metrics") or {}), sort_keys=True)
         out.write(
             f"{model.get('id')}  {model.get('family', ''):<4} {model.get('name', '')} "
-            f"v{model.get('version', '?')}  {model.get('dataset', '')}  {metrics[:80]}\n"
+            f"v{model.get('version', '?')}  {model.get('dataset', '')}  {metrics}\n"
         )
     return EXIT_OK
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from api.cli.client import ApiError, GenqClient
-from api.cli.commands import EXIT_OK, download_job, wait_for_batch, wait_for_job
+from api.cli.commands import EXIT_OK, download_job, scalar_metrics, wait_for_batch, wait_for_job
 from api.cli.detached import start_detached, stop_running
 from api.cli.embedded import EmbeddedConfig, EmbeddedError
 from api.cli.progress import format_duration
@@ -128,7 +128,7 @@ def run_demo(args: argparse.Namespace, client: GenqClient, out: TextIO) -> int:
     train_grids = [p for p in train_paths if p.suffix == ".png"]
     out.write("[4/4] done in " + format_duration(time.monotonic() - started) + "\n")
     out.write(f"  model:          {model_id} ({model.get('name')} v{model.get('version')})\n")
-    out.write(f"  model metrics:  {json.dumps(model.get('metrics') or {}, sort_keys=True, default=str)}\n")
+    out.write(f"  model metrics:  {json.dumps(scalar_metrics(model.get('metrics') or {}), sort_keys=True)}\n")
     for path in train_grids:
         out.write(f"  training image: {path}\n")
     out.write(f"  preview grids:  {len(summary['grids'])} in {output / 'generated'}/class-*/\n")

@@ -106,15 +106,6 @@ def worker_command(index: int, queues: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
-def sweeper_command() -> list[str] | None:
-    """The sweeper's loop (requeues expired leases, republishes lost queued jobs), when installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("worker.sweeper") is None:
-        return None
-    return [sys.executable, "-m", "worker.sweeper"]
-
-
 def ensure_admin_key(sql_url: str, data_dir: Path) -> tuple[str, bool]:
     """The saved admin key if it still works, else a new one for the default tenant (saved 0600).
 
@@ -235,11 +226,6 @@ class EmbeddedSystem:
             )
             worker.start()
             self.children.append(worker)
-        sweeper = sweeper_command()
-        if sweeper:
-            child = Child("sweeper", sweeper, env, logs / "sweeper.log")
-            child.start()
-            self.children.append(child)
         self._write_state(ready=True)
         self._banner(queues)
 
