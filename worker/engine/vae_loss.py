@@ -83,7 +83,7 @@ def gaussian_log_probs(images: torch.Tensor, mean: torch.Tensor, log_sigma: torc
     """Per-value log-densities on the 8-bit scale under a Gaussian with one learned log-sigma."""
     log_sigma = log_sigma.clamp(min=MIN_LOG_SIGMA)
     standardised = (images - mean) * torch.exp(-log_sigma)
-    return -(0.5 * standardised.pow(2) + log_sigma + 0.5 * math.log(2 * math.pi) - LOG_BIN_SCALE)
+    return -(0.5 * standardised.pow(2) + log_sigma + 0.5 * math.log(2 * math.pi) + LOG_BIN_SCALE)
 
 
 def gaussian_nll(images: torch.Tensor, mean: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
