@@ -21,21 +21,33 @@ Contract (fixed; the family modules implement it):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import hashlib
+import importlib
+import pickle
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 
-from worker.engine.imageset import ImageSet
+from worker.engine.imageset import ImageSet, to_uint8
 from worker.engine.latents import item_seed
-from worker.engine.runtime import RunContext
+from worker.engine.runtime import ConfigError, RunContext, pick_device, unpack_checkpoint
 
 FAMILIES = ("cnn", "gan", "vae")
 __all__ = ["item_seed"]
 
 EDIT_OPERATIONS = ("reconstruct", "interpolate", "inpaint", "class_swap", "attribute", "invert")
+GENERATIVE_FAMILIES = ("gan", "vae")
+
+
+def family_module(family: str) -> ModuleType:
+    """The family's module, imported on first use: a broken or missing family never breaks the others."""
+    if family not in FAMILIES:
+        raise ConfigError(f"family: unknown model family {family!r} (one of {', '.join(FAMILIES)})")
+    return importlib.import_module(f"worker.engine.{family}")
 
 
 @dataclass
@@ -87,11 +99,32 @@ def train(
 ) -> TrainOutput:
     """`holdout`: the data set's official test split when it has one; metrics are reported on it,
     else on the deterministic validation split taken from `data`."""
-    raise NotImplementedError
+    module = family_module(family)
+    config = module.Config.from_options(dict(options), data)
+    return module.train(config, data, ctx, holdout)
 
 
 def load(checkpoint: bytes, device: torch.device | None = None) -> LoadedModel:
-    raise NotImplementedError
+    """Rebuild a model from its checkpoint (eval mode, on `device`; default CUDA when present)."""
+    device = device or pick_device()
+    try:
+        state = unpack_checkpoint(checkpoint)  # on the CPU; the family moves what it keeps to `device`
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        raise ConfigError(f"checkpoint: cannot be read ({str(error).splitlines()[0]})") from None
+    if not isinstance(state, dict) or "family" not in state or "config" not in state:
+        raise ConfigError("checkpoint: not a genq model checkpoint (no family/config inside)")
+    module = family_module(state["family"])
+    config = dict(state["config"])
+    return LoadedModel(
+        family=state["family"],
+        config=config,
+        image_size=int(config["image_size"]),
+        channels=int(config["channels"]),
+        num_classes=int(config.get("num_classes") or 0),
+        class_names=list(config.get("class_names") or []),
+        version_hash=hashlib.sha256(checkpoint).hexdigest(),
+        module=module.load(state, device),
+    )
 
 
 def generate(
@@ -104,7 +137,55 @@ def generate(
     chunk_size: int = 256,
     ctx: RunContext | None = None,
 ) -> Iterator[np.ndarray]:
-    raise NotImplementedError
+    """Checks run at the call (a bad request fails before any work); the images come lazily, one chunk
+    at a time, so `count` images are never all in memory."""
+    if model.family not in GENERATIVE_FAMILIES:
+        raise ConfigError(f"model: a {model.family} model cannot generate images (gan or vae can)")
+    if chunk_size < 1:
+        raise ConfigError("chunk_size: must be at least 1")
+    seeds = [int(seed) for seed in seeds]
+    item_labels = _item_labels(model, labels, len(seeds))
+    sample = family_module(model.family).sample
+    return _chunks(model, sample, seeds, item_labels, truncation, temperature, chunk_size, ctx)
+
+
+def _chunks(
+    model: LoadedModel,
+    sample: Callable[..., torch.Tensor],
+    seeds: list[int],
+    labels: list[int] | None,
+    truncation: float,
+    temperature: float,
+    chunk_size: int,
+    ctx: RunContext | None,
+) -> Iterator[np.ndarray]:
+    for start in range(0, len(seeds), chunk_size):
+        if ctx is not None:
+            ctx.check()
+        chunk_labels = None if labels is None else labels[start : start + chunk_size]
+        with torch.inference_mode():
+            images = sample(
+                model.module, seeds[start : start + chunk_size], chunk_labels,
+                truncation=truncation, temperature=temperature,
+            )  # fmt: skip
+            batch = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()  # (b, H, W, C)
+        yield batch
+        if ctx is not None:
+            ctx.report("generate", min(start + chunk_size, len(seeds)), len(seeds))
+
+
+def _item_labels(model: LoadedModel, labels: Sequence[int] | int | None, count: int) -> list[int] | None:
+    """One label per item (a single int applies to all), checked against the model's classes."""
+    if labels is None:
+        return None
+    if not model.num_classes:
+        raise ConfigError("labels: this model is unconditional; leave labels out")
+    item_labels = [int(labels)] * count if isinstance(labels, int) else [int(label) for label in labels]
+    if len(item_labels) != count:
+        raise ConfigError(f"labels: {len(item_labels)} given for {count} items")
+    if any(not 0 <= label < model.num_classes for label in item_labels):
+        raise ConfigError(f"labels: must be in [0, {model.num_classes})")
+    return item_labels
 
 
 def edit(
@@ -115,7 +196,24 @@ def edit(
 ) -> EditOutput:
     """Dispatch to the family's edits module. `classifier` (a CNN trained on the same data) scores class
     edits (target_class_rate); without it that metric is left out."""
-    raise NotImplementedError
+    if model.family not in GENERATIVE_FAMILIES:
+        raise ConfigError(f"model: a {model.family} model cannot edit images (gan or vae can)")
+    if request.operation not in EDIT_OPERATIONS:
+        raise ConfigError(
+            f"operation: unknown edit {request.operation!r} (one of {', '.join(EDIT_OPERATIONS)})"
+        )
+    edits = importlib.import_module(f"worker.engine.{model.family}_edits")
+    return edits.edit(model, request, classifier_function(classifier), ctx)
+
+
+def classifier_function(classifier: LoadedModel | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """images in [-1, 1] (B, C, H, W) -> logits (B, K), from a loaded CNN; None passes through."""
+    if classifier is None:
+        return None
+    if classifier.family != "cnn":
+        raise ConfigError(f"classifier: must be a cnn model, not {classifier.family}")
+    cnn = family_module("cnn")
+    return lambda images: cnn.classify(classifier.module, images)
 
 
 def evaluate(
@@ -127,4 +225,8 @@ def evaluate(
     seed: int = 0,
     ctx: RunContext | None = None,
 ) -> dict[str, Any]:
-    raise NotImplementedError
+    """Sample-quality metrics of a GAN/VAE against `real` (held-out images) in the feature space of
+    `classifier`, or a CNN's accuracy on `real`. See worker/engine/evaluation.py."""
+    from worker.engine.evaluation import evaluate_generator
+
+    return evaluate_generator(model, classifier, real, num_samples, seed, ctx)

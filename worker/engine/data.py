@@ -118,7 +118,7 @@ def _resize_chunked(images: torch.Tensor, size: int) -> torch.Tensor:
     )
 
 
-def _convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     """uint8 (N, C, H, W) -> (N, channels, H, W): grey is repeated; colour becomes ITU-R 601 luma (as PIL)."""
     if images.shape[1] == channels:
         return images
@@ -168,7 +168,7 @@ def load_upload(
         images = torch.from_numpy(array if array.ndim == 4 else array[..., None]).permute(0, 3, 1, 2)
         chunks = []
         for i in range(0, len(images), RESIZE_CHUNK):
-            chunk = _convert_channels(_center_square(images[i : i + RESIZE_CHUNK]), channels)
+            chunk = convert_channels(_center_square(images[i : i + RESIZE_CHUNK]), channels)
             chunks.append(resize_images(chunk.contiguous(), size))
         labels_np, class_names = read_npz_labels(path, len(images))
         labels = torch.from_numpy(labels_np) if labels_np is not None else None
