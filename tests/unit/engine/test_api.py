@@ -111,3 +111,13 @@ def test_evaluate_generator_reports_metrics_beside_the_real_floor(
     assert api.evaluate(model, classifier, holdout, num_samples=20, seed=3) == result  # deterministic
     with pytest.raises(ConfigError, match="classifier"):
         api.evaluate(model, None, holdout, num_samples=20)
+
+
+def test_evaluate_vae_adds_the_negative_elbo(trained_cnn: tuple[api.TrainOutput, ImageSet]) -> None:
+    pytest.importorskip("worker.engine.vae")
+    output, holdout = trained_cnn
+    options = {"width": 8, "latent_dim": 4, "batch_size": 8, "max_steps": 2, "conditional": False}
+    model = api.load(api.train("vae", options, labelled_set(16), RunContext(device=CPU)).checkpoint, CPU)
+    result = api.evaluate(model, api.load(output.checkpoint, CPU), holdout, num_samples=12, seed=0)
+    assert result["family"] == "vae" and "conditional_accuracy" not in result
+    assert np.isfinite(result["test_negative_elbo_nats"]) and result["test_negative_elbo_nats"] > 0
