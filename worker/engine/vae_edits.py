@@ -39,8 +39,10 @@ def edit(model: Any, request: EditRequest, classify: Classify | None, ctx: RunCo
     }
     if request.operation not in operations:
         raise ConfigError(f"operation: {request.operation} not supported for vae")
+    ctx = ctx or RunContext(device=_device(vae))
+    ctx.check()
     with torch.no_grad():
-        return operations[request.operation](vae, request, classify, ctx or RunContext(device=_device(vae)))
+        return operations[request.operation](vae, request, classify, ctx)
 
 
 # ---------------------------------------------------------------------------------------------------

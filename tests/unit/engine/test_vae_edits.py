@@ -95,8 +95,11 @@ def test_inpaint_keeps_known_pixels_and_improves_the_fit(models: dict) -> None:
     assert np.array_equal(result.images[:, ~mask], sources()[:, ~mask])
     assert math.isfinite(result.metrics["masked_psnr"]) and "masked_psnr_encoder" in result.metrics
     assert [p.step for p in seen] == list(range(1, 31)) and seen[0].phase == "edit"
-    with pytest.raises(Canceled):
-        edit(models["conditional"], request, None, RunContext(device=CPU, should_stop=lambda: True))
+    checks: list[int] = []
+    stop_at_fifth = RunContext(device=CPU, should_stop=lambda: checks.append(1) or len(checks) >= 5)
+    with pytest.raises(Canceled):  # checked every optimisation step
+        edit(models["conditional"], request, None, stop_at_fifth)
+    assert len(checks) == 5
     with pytest.raises(ConfigError, match=r"^mask: "):
         edit(models["unconditional"], EditRequest("inpaint", images=sources(), mask=mask[:5]), None, None)
 
