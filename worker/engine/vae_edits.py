@@ -217,15 +217,18 @@ def _fit_latents(
     ctx: RunContext,
 ) -> torch.Tensor:
     """Adam on (N, D) latents: -log p(known pixels | z) - log N(z; 0, I). Items are independent (each
-    loss term involves only its own z, and Adam's update is per coordinate)."""
+    loss term involves only its own z, and Adam's update is per coordinate). Works when the caller runs
+    under torch.inference_mode too: the tensors autograd needs are made outside it."""
     params = likelihood_params(model)
-    z = start.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([z], lr=INPAINT_LR)
     frozen = [p for p in model.parameters() if p.requires_grad]
     try:
         for p in frozen:
             p.requires_grad_(False)
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():
+            x, known = x.clone(), known.clone()
+            vectors = vectors.clone() if vectors is not None else None
+            z = start.clone().requires_grad_(True)
+            optimizer = torch.optim.Adam([z], lr=INPAINT_LR)
             for i in range(iterations):
                 decoded = model.decode(z, vectors).float()
                 log_probs = value_log_probs(model.likelihood, x, decoded, params) * known

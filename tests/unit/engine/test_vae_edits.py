@@ -100,6 +100,9 @@ def test_inpaint_keeps_known_pixels_and_improves_the_fit(models: dict) -> None:
     with pytest.raises(Canceled):  # checked every optimisation step
         edit(models["conditional"], request, None, stop_at_fifth)
     assert len(checks) == 5
+    with torch.inference_mode():  # as a caller may run it: the optimisation still works
+        again = edit(models["unconditional"], request, None, None)
+    assert np.array_equal(again.images, result.images)
     with pytest.raises(ConfigError, match=r"^mask: "):
         edit(models["unconditional"], EditRequest("inpaint", images=sources(), mask=mask[:5]), None, None)
 
