@@ -57,10 +57,13 @@ def check_references(
     session: Session, tenant_id: uuid.UUID, jobs: Sequence[tuple[str, JobKind, Spec]]
 ) -> None:
     """`jobs`: (params field prefix, kind, parsed params) per job. Raises the first problem found."""
-    wanted = [(prefix, ref) for prefix, kind, params in jobs for ref in references(kind, params)]
+    wanted: dict[Reference, str] = {}  # each distinct reference, with the first job that makes it
+    for prefix, kind, params in jobs:
+        for ref in references(kind, params):
+            wanted.setdefault(ref, prefix)
     if not wanted:
         return
-    ids = {t: {_uuid(r.value) for _, r in wanted if r.table == t} - {None} for t in ("model", "dataset")}
+    ids = {t: {_uuid(r.value) for r in wanted if r.table == t} - {None} for t in ("model", "dataset")}
     families: dict[uuid.UUID, Family] = {}
     if ids["model"]:
         query = select(TrainedModel.id, TrainedModel.family).where(
@@ -71,7 +74,7 @@ def check_references(
     if ids["dataset"]:
         query = select(Dataset.id).where(Dataset.tenant_id == tenant_id, Dataset.id.in_(ids["dataset"]))
         datasets = set(session.scalars(query))
-    for prefix, ref in wanted:
+    for ref, prefix in wanted.items():
         field = f"{prefix}.{ref.field}"
         ref_id = _uuid(ref.value)
         if ref_id is None:

@@ -1,0 +1,225 @@
+"""The API on real Postgres, Redis and moto's S3 server: messages really land in the Redis queues."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+import requests
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api.app import create_app
+from shared.db import session_factory
+from shared.models import Artifact, Batch, Job, JobStatus, utcnow
+from shared.settings import Settings
+from shared.storage import S3Store, job_key
+from tests.conftest import free_port
+from tests.unit.api.bad_inputs import check_all
+from tests.unit.api.conftest import Tenant, add_model, make_tenant
+from tests.unit.api.test_models_datasets import png, zip_of
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+@pytest.fixture()
+def session(service_settings: Settings) -> Iterator[Session]:
+    with session_factory(service_settings.sql_url)() as session:
+        yield session
+
+
+@pytest.fixture()
+def app(service_settings: Settings) -> Iterator[Flask]:
+    app = create_app(service_settings)  # the real publisher: one Celery app, messages to Redis
+    yield app
+    app.extensions["genq"].celery.close()
+
+
+@pytest.fixture()
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture()
+def tenant(session: Session) -> Tenant:
+    return make_tenant(session, f"api-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture()
+def other(session: Session) -> Tenant:
+    return make_tenant(session, f"api-other-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture()
+def broker(redis_url: str, service_settings: Settings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    for queue in (service_settings.train_queue, service_settings.sample_queue):
+        keys = client.keys(f"{queue}*")
+        if keys:
+            client.delete(*keys)
+    client.close()
+
+
+def queued_messages(broker: redis.Redis, queue: str) -> dict[str, dict]:
+    """task id -> message headers, for every message in a queue's Redis lists (one per priority)."""
+    found = {}
+    for key in broker.keys(f"{queue}*"):
+        for raw in broker.lrange(key, 0, -1):
+            headers = json.loads(raw)["headers"]
+            found[headers["id"]] = {**headers, "redis_key": key.decode()}
+    return found
+
+
+def test_submit_commits_then_publishes_to_redis(
+    client: FlaskClient, tenant: Tenant, session: Session, broker: redis.Redis, service_settings: Settings
+) -> None:
+    train = client.post(
+        "/v1/jobs", json={"kind": "train", "params": {"family": "cnn"}}, headers=tenant.headers
+    )
+    model = add_model(session, tenant.id, "gan")
+    generate = {"kind": "generate", "params": {"model_id": str(model.id), "count": 3}, "priority": 8}
+    sample = client.post("/v1/jobs", json=generate, headers=tenant.headers)
+    assert (train.status_code, sample.status_code) == (202, 202)
+    trains = queued_messages(broker, service_settings.train_queue)
+    samples = queued_messages(broker, service_settings.sample_queue)
+    assert list(trains) == [train.json["id"]] and list(samples) == [sample.json["id"]]
+    assert trains[train.json["id"]]["task"] == "genq.train"
+    assert samples[sample.json["id"]]["task"] == "genq.generate"
+    assert samples[sample.json["id"]]["redis_key"] == f"{service_settings.sample_queue}:1"  # 9 - priority 8
+    for response in (train, sample):
+        job = session.get(Job, uuid.UUID(response.json["id"]))
+        assert job.status == JobStatus.queued and job.published_at is not None
+    assert client.get(f"/v1/jobs/{sample.json['id']}", headers=tenant.headers).json["queue_position"] == 0
+
+
+def test_concurrent_requests_with_one_idempotency_key_make_one_job(
+    client: FlaskClient, tenant: Tenant, session: Session, broker: redis.Redis, service_settings: Settings
+) -> None:
+    body = {"kind": "train", "params": {"family": "vae", "name": "same"}}
+    headers = {**tenant.headers, "Idempotency-Key": f"k-{uuid.uuid4()}"}
+    results: list[tuple[int, str]] = []
+
+    def submit() -> None:
+        response = client.post("/v1/jobs", json=body, headers=headers)
+        results.append((response.status_code, response.json.get("id")))
+
+    threads = [threading.Thread(target=submit) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(status for status, _ in results) == [200] * 5 + [202]
+    assert len({job_id for _, job_id in results}) == 1
+    assert list(queued_messages(broker, service_settings.train_queue)) == [results[0][1]]
+    count = session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant.id))
+    assert count == 1
+
+
+def test_a_broker_outage_leaves_the_job_queued_for_the_sweeper(
+    service_settings: Settings, tenant: Tenant, session: Session
+) -> None:
+    down = service_settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
+    app = create_app(down)
+    started = time.monotonic()
+    response = app.test_client().post(
+        "/v1/jobs", json={"kind": "train", "params": {"family": "cnn"}}, headers=tenant.headers
+    )
+    elapsed = time.monotonic() - started
+    app.extensions["genq"].celery.close()
+    assert response.status_code == 202 and response.json["published_at"] is None
+    job = session.get(Job, uuid.UUID(response.json["id"]))
+    assert job.status == JobStatus.queued and job.published_at is None
+    assert elapsed < 15
+
+
+def test_a_10000_item_batch_is_one_insert_and_one_producer(
+    client: FlaskClient, tenant: Tenant, session: Session, broker: redis.Redis, service_settings: Settings
+) -> None:
+    model = add_model(session, tenant.id, "gan")
+    body = {
+        "template": {"kind": "generate", "params": {"model_id": str(model.id), "count": 16}},
+        "seeds": list(range(10_000)),
+        "priority": 3,
+    }
+    started = time.perf_counter()
+    response = client.post("/v1/batches", json=body, headers=tenant.headers)
+    elapsed = time.perf_counter() - started
+    print(f"\n10,000-item batch submit (Postgres + Redis): {elapsed:.2f} s")
+    assert response.status_code == 202, response.json
+    batch_id = uuid.UUID(response.json["id"])
+    assert len(response.json["job_ids"]) == 10_000
+    assert set(queued_messages(broker, service_settings.sample_queue)) == set(response.json["job_ids"])
+    unpublished = (
+        select(func.count()).select_from(Job).where(Job.batch_id == batch_id, Job.published_at.is_(None))
+    )
+    assert session.scalar(unpublished) == 0
+    view = client.get(f"/v1/batches/{batch_id}", headers=tenant.headers).json
+    assert view["total"] == 10_000 and view["counts"]["queued"] == 10_000
+    canceled = client.post(f"/v1/batches/{batch_id}/cancel", headers=tenant.headers).json
+    assert canceled["counts"]["canceled"] == 10_000 and canceled["canceled"]
+    assert elapsed < 30, f"a 10,000-item batch took {elapsed:.1f} s"
+
+
+def test_bad_input_never_writes_or_fails_on_postgres(
+    client: FlaskClient, tenant: Tenant, session: Session, broker: redis.Redis, service_settings: Settings
+) -> None:
+    model = add_model(session, tenant.id, "gan")
+    assert check_all(client, tenant.headers, model.id) == []
+    assert session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant.id)) == 0
+    assert session.scalar(select(func.count()).select_from(Batch).where(Batch.tenant_id == tenant.id)) == 0
+    assert queued_messages(broker, service_settings.sample_queue) == {}
+
+
+def test_artifacts_download_from_s3_and_tenants_stay_apart(
+    client: FlaskClient, tenant: Tenant, other: Tenant, session: Session, service_settings: Settings
+) -> None:
+    store = S3Store(service_settings)
+    now = utcnow()
+    job = Job(
+        tenant_id=tenant.id, kind="generate", params={"count": 1}, status=JobStatus.succeeded, queue="q",
+        created_at=now, updated_at=now, attempts=1, result={"metrics": {"images": 1}},
+    )  # fmt: skip
+    session.add(job)
+    session.flush()
+    key = job_key(tenant.id, job.id, "manifest.json")
+    store.put_bytes(key, b'{"items": []}', "application/json")
+    session.add(
+        Artifact(job_id=job.id, tenant_id=tenant.id, name="manifest.json", key=key,
+                 content_type="application/json", size=13, sha256="0" * 64)
+    )  # fmt: skip
+    session.commit()
+    view = client.get(f"/v1/jobs/{job.id}", headers=tenant.headers).json
+    [artifact] = view["artifacts"]
+    downloaded = requests.get(artifact["url"], timeout=30)
+    assert downloaded.status_code == 200 and downloaded.content == b'{"items": []}'
+    assert "manifest.json" in downloaded.headers.get("Content-Disposition", "")
+    assert client.get(f"/v1/jobs/{job.id}", headers=other.headers).status_code == 404
+    assert client.get("/v1/jobs", headers=other.headers).json["jobs"] == []
+
+    # Uploads go to S3 under the tenant; the other tenant cannot see the row.
+    data = zip_of({"a/x.png": png(3), "b/y.png": png(200)})
+    uploaded = client.post(
+        "/v1/datasets", data={"file": (io.BytesIO(data), "ab.zip")}, headers=tenant.headers,
+        content_type="multipart/form-data",
+    )  # fmt: skip
+    assert uploaded.status_code == 201, uploaded.json
+    dataset_id = uploaded.json["id"]
+    assert store.get_bytes(f"tenants/{tenant.id}/datasets/{dataset_id}/data.zip") == data
+    assert client.get(f"/v1/datasets/{dataset_id}", headers=other.headers).status_code == 404
+    # With S3 storage the API serves no objects itself.
+    assert client.get(f"/v1/objects/{key}?expires=9999999999&signature=x").status_code == 404
+
+
+def test_readyz_with_every_service_up(client: FlaskClient) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.json
+    assert response.json["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
