@@ -113,7 +113,10 @@ def _failure(error: Exception) -> tuple[str, str]:
     """(error code, message for the user). Deterministic errors are not retried: they would fail again."""
     if isinstance(error, JobError):
         return error.code, error.message
-    if isinstance(error, ValidationError | ConfigError):
+    if isinstance(error, ValidationError):
+        fields = (f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in error.errors())
+        return "invalid_params", "; ".join(fields)
+    if isinstance(error, ConfigError):
         return "invalid_params", str(error)
     if isinstance(error, DatasetError):
         return "invalid_dataset", str(error)

@@ -190,6 +190,11 @@ class JobClient:
         self.celery.close()
 
 
+def settings_from_env(env: dict[str, str]) -> Settings:
+    """Settings as a worker with this environment sees them (not this process's environment)."""
+    return Settings(**{k.removeprefix("GENQ_").lower(): v for k, v in env.items()})
+
+
 @pytest.fixture()
 def worker_env(service_env: dict[str, str]) -> dict[str, str]:
     return {**service_env, **FAST_RECOVERY}
@@ -197,12 +202,13 @@ def worker_env(service_env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture()
 def worker_settings(worker_env: dict[str, str], service_settings: Settings) -> Settings:
-    """Settings as the workers see them (service_settings has created the bucket)."""
-    return Settings(**{k.removeprefix("GENQ_").lower(): v for k, v in worker_env.items()})
+    """The workers' settings (service_settings has created the bucket)."""
+    return settings_from_env(worker_env)
 
 
 @pytest.fixture()
 def workers(worker_env: dict[str, str], worker_settings: Settings, tmp_path: Path) -> Iterator[Workers]:
+    """Workers for one test: start them with `workers.start()`."""
     pool = Workers(worker_env, tmp_path / "worker-logs")
     try:
         yield pool
@@ -213,5 +219,64 @@ def workers(worker_env: dict[str, str], worker_settings: Settings, tmp_path: Pat
 @pytest.fixture()
 def jobs(worker_settings: Settings) -> Iterator[JobClient]:
     client = JobClient(worker_settings)
+    yield client
+    client.close()
+
+
+# Module-scoped: one set of workers serves every test of a module (each started worker costs seconds).
+
+
+@pytest.fixture(scope="module")
+def module_env(
+    postgres_url: str, redis_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """Like service_env (own bucket, own queues), shared by a module's tests."""
+    from shared.storage import S3Store
+
+    env = {
+        "GENQ_ENVIRONMENT": "test",
+        "GENQ_DATA_DIR": str(tmp_path_factory.mktemp("worker-data")),
+        "GENQ_DATABASE_URL": postgres_url,
+        "GENQ_BROKER_URL": redis_url,
+        "GENQ_STORAGE_BACKEND": "s3",
+        "GENQ_S3_ENDPOINT_URL": s3_endpoint,
+        "GENQ_S3_BUCKET": f"genq-{uuid.uuid4().hex[:12]}",
+        "GENQ_S3_ACCESS_KEY_ID": "testing",
+        "GENQ_S3_SECRET_ACCESS_KEY": "testing",
+        "GENQ_TRAIN_QUEUE": f"genq.train.{uuid.uuid4().hex[:8]}",
+        "GENQ_SAMPLE_QUEUE": f"genq.sample.{uuid.uuid4().hex[:8]}",
+        **FAST_RECOVERY,
+    }
+    S3Store(settings_from_env(env)).ensure_bucket()
+    return env
+
+
+@pytest.fixture(scope="module")
+def module_settings(module_env: dict[str, str]) -> Settings:
+    return settings_from_env(module_env)
+
+
+def shared_workers(count: int):  # type: ignore[no-untyped-def]
+    """A module-scoped fixture starting `count` workers (in parallel) for the module's tests."""
+
+    @pytest.fixture(scope="module")
+    def fixture(
+        module_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[list[WorkerProcess]]:
+        pool = Workers(module_env, tmp_path_factory.mktemp("worker-logs"))
+        try:
+            started = [pool.start(wait=False) for _ in range(count)]
+            for worker in started:
+                worker.wait_ready()
+            yield started
+        finally:
+            pool.stop_all()
+
+    return fixture
+
+
+@pytest.fixture()
+def module_jobs(module_settings: Settings) -> Iterator[JobClient]:
+    client = JobClient(module_settings)
     yield client
     client.close()
