@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import threading
@@ -223,3 +224,66 @@ def test_readyz_with_every_service_up(client: FlaskClient) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200, response.json
     assert response.json["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Through the API to a real worker and back
+
+TINY_CNN = {"family": "cnn", "dataset": "digits", "options": {"max_steps": 20, "width": 8, "batch_size": 32}}
+LONG_CNN = {
+    "family": "cnn",
+    "dataset": "digits",
+    "options": {"max_steps": 1_000_000, "width": 8, "batch_size": 8},
+}
+
+
+def _poll(client: FlaskClient, tenant: Tenant, job_id: str, until: set[str], timeout: float = 150.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}", headers=tenant.headers).json
+        if job["status"] in until:
+            return job
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s: {job['progress']}")
+
+
+@pytest.mark.timeout(420)
+def test_submit_run_download_and_cancel_through_the_api(
+    workers,
+    worker_settings: Settings,
+    tenant: Tenant,  # type: ignore[no-untyped-def]
+) -> None:
+    app = create_app(worker_settings)
+    client = app.test_client()
+    try:
+        workers.start()
+        submitted = client.post(
+            "/v1/jobs", json={"kind": "train", "params": TINY_CNN}, headers=tenant.headers
+        )
+        assert submitted.status_code == 202
+        job = _poll(client, tenant, submitted.json["id"], {"succeeded", "failed", "canceled"})
+        assert job["status"] == "succeeded", job["error"]
+        assert job["attempts"] == 1 and job["progress"]["percent"] is not None and job["model_id"]
+        assert job["artifacts"]
+        for artifact in job["artifacts"]:
+            content = requests.get(artifact["url"], timeout=30).content
+            assert (
+                len(content) == artifact["size"] and hashlib.sha256(content).hexdigest() == artifact["sha256"]
+            )
+        model = client.get(f"/v1/models/{job['model_id']}", headers=tenant.headers).json
+        assert model["family"] == "cnn" and model["training_job_id"] == job["id"]
+        checkpoint = requests.get(model["checkpoint_url"], timeout=30).content
+        assert hashlib.sha256(checkpoint).hexdigest() == model["checkpoint_sha256"]
+
+        long = client.post(
+            "/v1/jobs", json={"kind": "train", "params": LONG_CNN}, headers=tenant.headers
+        ).json
+        running = _poll(client, tenant, long["id"], {"running", "failed"})
+        assert running["status"] == "running"
+        canceling = client.post(f"/v1/jobs/{long['id']}/cancel", headers=tenant.headers).json
+        assert canceling["status"] in ("canceling", "canceled")
+        assert (
+            _poll(client, tenant, long["id"], {"canceled", "failed", "succeeded"}, 60)["status"] == "canceled"
+        )
+    finally:
+        app.extensions["genq"].celery.close()
