@@ -28,7 +28,9 @@ def install_auth(app: Flask) -> None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _unauthorized("send an API key as 'Authorization: Bearer <key>'")
-        key = authenticate(db(), token.strip())
+        session = db()
+        key = authenticate(session, token.strip())
+        session.commit()  # end the lookup's transaction: nothing stays open while a body streams in
         if key is None:
             raise _unauthorized("invalid or revoked API key")
         g.tenant_id = key.tenant_id

@@ -11,6 +11,7 @@ from pathlib import Path
 from flask import Flask
 from flask.testing import FlaskClient
 
+from api.validation import MAX_JSON_BYTES
 from tests.unit.api.conftest import Tenant
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -41,6 +42,12 @@ def test_auth_is_required_under_v1_and_is_json(client: FlaskClient, tenant: Tena
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert client.get("/v1/jobs", headers={"Authorization": f"bearer {tenant.key}"}).status_code == 200
     assert client.get("/healthz").status_code == 200 and client.get("/v1/openapi.json").status_code == 200
+
+
+def test_json_bodies_are_capped(client: FlaskClient, tenant: Tenant) -> None:
+    body = b'{"items": [' + b" " * MAX_JSON_BYTES + b"]}"
+    response = client.post("/v1/batches", data=body, content_type="application/json", headers=tenant.headers)
+    assert response.status_code == 413 and response.json["error"]["code"] == "payload_too_large"
 
 
 def test_the_api_never_imports_torch_or_the_worker(tmp_path: Path) -> None:
