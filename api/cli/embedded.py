@@ -332,7 +332,7 @@ class EmbeddedSystem:
             code = 130
         finally:
             if self._stop_signal is not None:
-                self.say("stopping (workers get a few seconds to finish their step)")
+                self.say(f"stopping (a running job gets {self.config.stop_timeout:g}s to finish)")
             self.stop()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)

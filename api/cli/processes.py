@@ -118,9 +118,10 @@ class Child:
         return True
 
     def terminate(self) -> None:
-        """Ask the child's whole group to stop (SIGTERM): Celery warm shutdown, gunicorn graceful."""
+        """Ask the child to stop (SIGTERM to it alone): a Celery worker lets its pool process finish the
+        current job (warm shutdown), gunicorn lets its workers finish their requests."""
         if self.process is not None and self.process.poll() is None:
-            signal_group(self.process.pid, signal.SIGTERM)
+            self.process.send_signal(signal.SIGTERM)
 
     def wait_or_kill(self, deadline: float) -> None:
         """Wait until `deadline` (monotonic) for the child to exit, then SIGKILL its group."""
