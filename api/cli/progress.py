@@ -6,6 +6,7 @@ text changed and at most every `log_interval` seconds, so `genq wait` in CI stay
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 import time
 from collections.abc import Mapping
@@ -32,18 +33,48 @@ def format_bar(fraction: float, width: int = BAR_WIDTH) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
+def time_budget(job: Mapping[str, Any], now: dt.datetime | None = None) -> tuple[float, float] | None:
+    """(fraction used, seconds left) of a running job's time budget (`params.max_seconds`), or None.
+
+    A training run with a budget stops when the budget or the step count runs out, whichever comes
+    first; its step total alone would show 20% the moment it ends."""
+    budget = (job.get("params") or {}).get("max_seconds")
+    started = job.get("started_at")
+    if job.get("status") != "running" or not isinstance(budget, int | float) or budget <= 0 or not started:
+        return None
+    try:
+        start = dt.datetime.fromisoformat(str(started))
+    except ValueError:
+        return None
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=dt.UTC)
+    elapsed = ((now or dt.datetime.now(dt.UTC)) - start).total_seconds()
+    return min(1.0, max(0.0, elapsed / budget)), max(0.0, budget - elapsed)
+
+
 def job_fraction(job: Mapping[str, Any]) -> float:
-    """0..1 from a job's progress (`percent` 0..100, else step/total); 1 once it succeeded."""
+    """0..1 from a job's progress (`percent` 0..100, else step/total, or its time budget if further
+    along); 1 once it succeeded."""
     if job.get("status") == "succeeded":
         return 1.0
     progress = job.get("progress") or {}
     percent = progress.get("percent")
-    if isinstance(percent, int | float):
-        return percent / 100.0
     step, total = progress.get("step"), progress.get("total")
-    if isinstance(step, int | float) and isinstance(total, int | float) and total > 0:
-        return step / total
-    return 0.0
+    fraction = 0.0
+    if isinstance(percent, int | float):
+        fraction = percent / 100.0
+    elif isinstance(step, int | float) and isinstance(total, int | float) and total > 0:
+        fraction = step / total
+    budget = time_budget(job)
+    return max(fraction, budget[0]) if budget else fraction
+
+
+def job_eta(job: Mapping[str, Any]) -> float | None:
+    eta = (job.get("progress") or {}).get("eta_seconds")
+    budget = time_budget(job)
+    if budget is None:
+        return eta
+    return budget[1] if eta is None else min(eta, budget[1])
 
 
 def job_line(job: Mapping[str, Any]) -> str:
@@ -60,8 +91,9 @@ def job_line(job: Mapping[str, Any]) -> str:
     if progress.get("step") is not None and progress.get("total"):
         parts.append(f"{progress['step']}/{progress['total']}")
     parts.append(f"{fraction * 100:5.1f}%")
-    if status == "running" and progress.get("eta_seconds") is not None:
-        parts.append(f"eta {format_duration(progress['eta_seconds'])}")
+    eta = job_eta(job)
+    if status == "running" and eta is not None:
+        parts.append(f"eta {format_duration(eta)}")
     return "  ".join(parts)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 
-from api.cli.progress import ProgressBar, batch_line, format_bar, format_duration, job_line
+from api.cli.progress import ProgressBar, batch_line, format_bar, format_duration, job_line, time_budget
 
 
 class FakeTerminal(io.StringIO):
@@ -72,3 +73,20 @@ def test_log_output_is_throttled_and_ends_with_the_final_state() -> None:
     bar.update("same")
     bar.close()
     assert unchanged.getvalue().splitlines() == ["same"]
+
+
+def test_a_time_budget_drives_the_bar_when_it_runs_out_first() -> None:
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=90)
+    job = {
+        "status": "running",
+        "started_at": started.isoformat(),
+        "params": {"max_seconds": 120},
+        "progress": {"phase": "train", "step": 300, "total": 3000, "percent": 10.0, "eta_seconds": 810},
+    }
+    fraction, left = time_budget(job) or (0, 0)
+    assert 0.74 < fraction < 0.8 and 25 < left < 31
+    line = job_line(job)
+    assert "300/3000" in line and " 7" in line.split("%")[0][-5:]  # ~75%, not 10%
+    assert "eta 2" in line or "eta 3" in line  # ~30s left, not 13 minutes
+    assert time_budget({**job, "status": "succeeded"}) is None
+    assert time_budget({**job, "params": {}}) is None
