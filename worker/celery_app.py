@@ -79,7 +79,11 @@ def _prepare_pool_process(**_: Any) -> None:
     from worker.engine.runtime import configure_threads
 
     threads = configure_threads(settings.torch_threads or None)
-    import worker.execution  # noqa: F401
+    import worker.execution
+    import worker.runners.edit
+    import worker.runners.evaluate
+    import worker.runners.generate
+    import worker.runners.train  # noqa: F401
 
     logging.getLogger(__name__).info(
         "pool process %d ready (engine loaded, %d threads)", os.getpid(), threads

@@ -2,7 +2,8 @@
 
 Runs as a thread in every worker's main process (see `worker.celery_app`), or alone:
 `python -m worker.sweeper [--once]`. Every change it makes is a compare-and-set UPDATE, so any number of
-sweepers may run; the worst a race does is publish a job twice, and a second delivery is a no-op.
+sweepers may run; the worst a race does is publish a job twice, and a second delivery is a no-op. To
+save work, the sweeper threads take turns through a short Redis lock: one sweep per interval in all.
 No engine (torch) imports here.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
@@ -81,11 +83,17 @@ class Sweep:
         self.broker = redis.Redis.from_url(settings.broker_url)
         options = self.app.conf.broker_transport_options or {}
         self.queues = (settings.train_queue, settings.sample_queue)
+        self.lock_key = f"genq:sweep-turn:{settings.train_queue}:{settings.sample_queue}"
         self.keys = queue_keys(
             self.queues,
             options.get("sep", ":"),
             options.get("priority_steps", [0]),
         )
+
+    def take_turn(self) -> bool:
+        """True for the one sweeper (of all sharing these queues) whose turn this interval is."""
+        interval = max(1, int(self.settings.sweep_interval_seconds))
+        return bool(self.broker.set(self.lock_key, os.getpid(), nx=True, ex=interval))
 
     def once(self) -> SweepReport:
         with self.sessions.begin() as session:
@@ -150,8 +158,8 @@ class SweeperThread:
     def _loop(self) -> None:
         while True:
             try:
-                report = self.sweep.once()
-                if any((report.requeued, report.exhausted, report.canceled, report.republished)):
+                report = self.sweep.once() if self.sweep.take_turn() else None
+                if report and any((report.requeued, report.exhausted, report.canceled, report.republished)):
                     log.info("sweep: %s", report)
             except Exception:
                 log.exception("sweep failed; retrying in %ss", self.interval)

@@ -39,6 +39,12 @@ class FakeBroker:
     def lrange(self, key: str, start: int, end: int) -> list[bytes]:
         return self.lists.get(key, [])[start : end + 1]
 
+    def set(self, key: str, value: object, nx: bool = False, ex: int | None = None) -> bool:
+        if nx and key in self.lists:
+            return False
+        self.lists[key] = [str(value).encode()]
+        return True
+
     def close(self) -> None:
         pass
 
@@ -145,6 +151,11 @@ def test_a_failed_publish_leaves_the_job_for_the_next_sweep(sweep: Sweep) -> Non
     with pytest.raises(ConnectionError):
         sweep.once()
     assert _status(sweep.sessions, job_id).published_at is None
+
+
+def test_sweepers_take_turns(sweep: Sweep) -> None:
+    assert sweep.take_turn()
+    assert not sweep.take_turn()  # until the turn expires (sweep_interval_seconds)
 
 
 def test_queue_filter_on_requeue(sessions: sessionmaker[Session], make_job: Callable[..., uuid.UUID]) -> None:
