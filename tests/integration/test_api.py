@@ -151,10 +151,10 @@ def test_a_10000_item_batch_is_one_insert_and_one_producer(
         "seeds": list(range(10_000)),
         "priority": 3,
     }
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     response = client.post("/v1/batches", json=body, headers=tenant.headers)
-    elapsed = time.perf_counter() - started
-    print(f"\n10,000-item batch submit (Postgres + Redis): {elapsed:.2f} s")
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    print(f"\n10,000-item batch submit (Postgres + Redis): {elapsed:.2f} s wall, {cpu:.2f} s API CPU")
     assert response.status_code == 202, response.json
     batch_id = uuid.UUID(response.json["id"])
     assert len(response.json["job_ids"]) == 10_000
