@@ -116,8 +116,15 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):  # type: igno
 
 
 def train_mnist_cnn(
-    images: torch.Tensor, labels: torch.Tensor, epochs: int = 14, seed: int = 0, batch_size: int = 64
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int = 14,
+    seed: int = 0,
+    batch_size: int = 64,
+    seconds: float | None = None,
 ) -> MnistCnn:
+    """examples/mnist's schedule for `epochs`, cut short when `seconds` of wall time are spent."""
+    deadline = time.monotonic() + seconds if seconds is not None else float("inf")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = MnistCnn(int(labels.max()) + 1)
@@ -129,6 +136,8 @@ def train_mnist_cnn(
     model.train()
     for _ in range(epochs):
         for _ in range(steps_per_epoch):
+            if time.monotonic() >= deadline:
+                return model.eval()
             index = next(batches)
             loss = F.cross_entropy(model(x_all[index]), labels[index])
             optimizer.zero_grad(set_to_none=True)
@@ -136,6 +145,12 @@ def train_mnist_cnn(
             optimizer.step()
         scheduler.step()
     return model.eval()
+
+
+@torch.inference_mode()
+def mnist_cnn_accuracy(model: MnistCnn, images: torch.Tensor, labels: torch.Tensor) -> float:
+    predictions = torch.cat([model(_unit(chunk)).argmax(1) for chunk in images.split(1000)])
+    return (predictions == labels).float().mean().item()
 
 
 def train_mlp_vae(
