@@ -11,7 +11,7 @@ import enum
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MAX_GENERATE_COUNT = 100_000
 MAX_BATCH_ITEMS = 10_000
@@ -106,8 +106,13 @@ class TrainParams(Spec):
                 raise ValueError(
                     f"dataset: must be one of {', '.join(BUILTIN_DATASETS)} or an uploaded dataset id"
                 ) from None
-        # Raises a ValidationError naming options.<field> on a bad option.
-        self.options = FAMILY_OPTIONS[self.family].model_validate(self.options).model_dump(exclude_unset=True)
+        try:
+            options = FAMILY_OPTIONS[self.family].model_validate(self.options)
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            raise ValueError(f"options.{field}: {first['msg']}") from None
+        self.options = options.model_dump(exclude_unset=True)
         return self
 
     def family_options(self) -> TrainOptions:
