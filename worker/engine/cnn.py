@@ -1,8 +1,7 @@
 """The CNN family: a compact image classifier, its training loop, and the frozen feature network for metrics.
 
-Network: three stages of conv-BN-ReLU (widths w/2,w | 2w,2w | 4w,4w, max-pooling between stages, the second
-and third stages residual), global average pooling, dropout, a linear head. With w = 32 a 28x28 image costs
-about 25 M multiply-adds. Training: random shifts (replicate padding + crop) and horizontal flips drawn from
+Network: see cnn_nets.py (three conv-BN-ReLU stages, about 25 M multiply-adds per 28x28 image at width 32).
+Training: random shifts (replicate padding + crop) and horizontal flips drawn from
 an explicit generator, label smoothing, SGD with Nesterov momentum and a one-cycle schedule (a pure function
 of the step). Each epoch's data order is a pure function of (seed, epoch); the augmentation generator and the
 global RNG (dropout) travel in checkpoints, so an interrupted run resumes exactly. Prediction averages the
@@ -24,6 +23,7 @@ from torch import nn
 
 from shared.specs import CnnOptions
 from worker.engine.api import TrainOutput
+from worker.engine.cnn_nets import Classifier
 from worker.engine.images import grid_png, loss_curve_png
 from worker.engine.imageset import ImageSet, to_unit_range
 from worker.engine.latents import item_seed
@@ -101,49 +101,14 @@ class Config:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Network
+# Inference
 
 
-def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
-    )
-
-
-class Stage(nn.Sequential):
-    """conv (cin -> cout) then conv (cout -> cout); the second conv residual when `residual`."""
-
-    def __init__(self, cin: int, cout: int, residual: bool) -> None:
-        super().__init__(conv_bn_relu(cin, cout), conv_bn_relu(cout, cout))
-        self.residual = residual
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self[0](x)
-        return x + self[1](x) if self.residual else self[1](x)
-
-
-class Classifier(nn.Module):
-    def __init__(self, config: Config) -> None:
-        super().__init__()
-        w = config.width
-        # Larger images are halved once in the stem so the stages see about 28-32 px.
-        stem_stride = 2 if config.image_size > 32 else 1
-        self.stem = nn.Sequential(conv_bn_relu(config.channels, w // 2, stem_stride), conv_bn_relu(w // 2, w))
-        self.stage2 = Stage(w, 2 * w, residual=True)
-        self.stage3 = Stage(2 * w, 4 * w, residual=True)
-        self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(4 * w, config.num_classes)
-        self.flip_average = config.augment  # trained with mirror images: predict on both
-        self.num_features = 4 * w
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, S, S) in [-1, 1] -> (B, 4w) pooled penultimate features."""
-        x = F.max_pool2d(self.stem(x), 2)
-        x = F.max_pool2d(self.stage2(x), 2)
-        return self.stage3(x).mean(dim=(2, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x)))
+def build_model(config: Config) -> Classifier:
+    return Classifier(
+        config.channels, config.num_classes, config.width, config.image_size, config.dropout,
+        flip_average=config.augment,
+    )  # fmt: skip
 
 
 def _batched(model: Classifier, images: torch.Tensor, fn: Any) -> torch.Tensor:
@@ -267,7 +232,7 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
         train_set, eval_set = split_train_val(data, config.val_fraction, config.seed)
     else:
         train_set, eval_set = data, holdout
-    model = Classifier(config).to(device).to(memory_format=torch.channels_last)
+    model = build_model(config).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
         _param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum, nesterov=True
     )
@@ -337,6 +302,6 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
 
 def load(state: dict[str, Any], device: torch.device) -> Classifier:
     """The trained classifier in eval mode from an unpacked checkpoint."""
-    model = Classifier(Config.from_dict(state["config"]))
+    model = build_model(Config.from_dict(state["config"]))
     model.load_state_dict(state["model"])
     return model.to(device).to(memory_format=torch.channels_last).eval()
