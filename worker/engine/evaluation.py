@@ -4,9 +4,10 @@ GAN / VAE: `num_samples` samples (item i from item_seed(seed, i); conditional mo
 over the classes) and up to `num_samples` held-out real images go through a frozen CNN (`classifier`); on
 its penultimate features we report the Fréchet distance, KID (mean, std), precision and recall (k = 3) and,
 beside them, the same metrics between two disjoint halves of the real images: the floor a perfect model
-would reach with this many images. Conditional models add the classifier's accuracy on their samples; VAEs
-add the negative ELBO of the real images in nats. Numbers are comparable only for the same feature network
-(its checkpoint hash is recorded) and the same number of samples.
+would reach with this many images. Precision and recall use at most 10 000 items of each set. Conditional
+models add the classifier's accuracy on their samples; VAEs add the negative ELBO of the real images in
+nats. Numbers are comparable only for the same feature network (its checkpoint hash is recorded) and the
+same number of samples.
 
 CNN: accuracy, per-class accuracy and the confusion matrix on `real`.
 """
@@ -29,6 +30,7 @@ SAMPLE_CHUNK = 256
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
 PR_NEIGHBOURS = 3
+PR_MAX_ITEMS = 10_000  # precision/recall cost grows with N^2: larger sets are subsampled (seeded)
 
 
 def _to_classifier_input(images: torch.Tensor, classifier: LoadedModel) -> torch.Tensor:
@@ -50,7 +52,10 @@ def sample_metrics(real_features: torch.Tensor, fake_features: torch.Tensor, see
     kid_mean, kid_std = metrics.kid(
         real_features, fake_features, subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=seed
     )
-    precision, recall = metrics.precision_recall(real_features, fake_features, k=PR_NEIGHBOURS)
+    generator = torch.Generator().manual_seed(item_seed(seed, -2))
+    real_subset = real_features[torch.randperm(len(real_features), generator=generator)[:PR_MAX_ITEMS]]
+    fake_subset = fake_features[torch.randperm(len(fake_features), generator=generator)[:PR_MAX_ITEMS]]
+    precision, recall = metrics.precision_recall(real_subset, fake_subset, k=PR_NEIGHBOURS)
     return {
         "fd": metrics.frechet_distance_of_features(real_features, fake_features),
         "kid_mean": kid_mean,

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-DISTANCE_BATCH = 1024  # rows per pairwise-distance block: bounds memory at DISTANCE_BATCH x N floats
+DISTANCE_BLOCK = 2**24  # float64 entries per pairwise-distance block (128 MiB): rows = DISTANCE_BLOCK // N
 
 
 def _as_float64(features: Any) -> np.ndarray:
@@ -97,8 +97,9 @@ def _knn_radii(points: np.ndarray, k: int) -> np.ndarray:
     """Squared distance from each point to its k-th nearest other point (N,)."""
     radii = np.empty(len(points))
     kth = min(k, len(points) - 1)  # index 0 of the sorted row is the point itself
-    for start in range(0, len(points), DISTANCE_BATCH):
-        block = _squared_distances(points[start : start + DISTANCE_BATCH], points)
+    rows = max(1, DISTANCE_BLOCK // len(points))
+    for start in range(0, len(points), rows):
+        block = _squared_distances(points[start : start + rows], points)
         radii[start : start + len(block)] = np.partition(block, kth, axis=1)[:, kth]
     return radii
 
@@ -106,8 +107,9 @@ def _knn_radii(points: np.ndarray, k: int) -> np.ndarray:
 def _coverage(manifold: np.ndarray, radii: np.ndarray, queries: np.ndarray) -> float:
     """Fraction of queries inside at least one ball (manifold point, its k-NN radius)."""
     inside = 0
-    for start in range(0, len(queries), DISTANCE_BATCH):
-        block = _squared_distances(queries[start : start + DISTANCE_BATCH], manifold)
+    rows = max(1, DISTANCE_BLOCK // len(manifold))
+    for start in range(0, len(queries), rows):
+        block = _squared_distances(queries[start : start + rows], manifold)
         inside += int((block <= radii[None, :]).any(axis=1).sum())
     return inside / len(queries)
 
