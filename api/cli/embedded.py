@@ -64,7 +64,8 @@ class EmbeddedConfig:
 def embedded_environment(config: EmbeddedConfig) -> dict[str, str]:
     """The GENQ_* settings the embedded system fixes; everything else in the environment passes through.
 
-    Workers share the machine's cores: each gets cores // N torch threads unless GENQ_TORCH_THREADS is set.
+    Workers share the machine's cores: each gets cores // N torch threads unless GENQ_TORCH_THREADS is set,
+    and torch's idle threads wait passively (OMP_WAIT_POLICY) unless that is set.
     """
     data_dir = config.data_dir.resolve()
     env = {
@@ -74,6 +75,9 @@ def embedded_environment(config: EmbeddedConfig) -> dict[str, str]:
         "GENQ_SIGNING_SECRET": os.environ.get("GENQ_SIGNING_SECRET") or signing_secret(data_dir),
         "GENQ_TORCH_THREADS": os.environ.get("GENQ_TORCH_THREADS")
         or str(max(1, (os.cpu_count() or 1) // max(1, config.workers))),
+        # Idle torch threads sleep instead of spinning: on a shared machine (the API, the CLI, anything
+        # else running) spinning threads that lose their core made a GAN step 8x slower (measured).
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY") or "PASSIVE",
         "PYTHONUNBUFFERED": "1",
     }
     return env

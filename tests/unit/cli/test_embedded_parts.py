@@ -1,0 +1,101 @@
+"""The pieces of `genq up` that need no servers: its environment, its commands, supervised children,
+ports, the files it keeps, and the import boundary (the CLI never loads torch or the worker)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from api.cli.embedded import EmbeddedConfig, api_command, embedded_environment, worker_command
+from api.cli.processes import MAX_RESTARTS_IN_WINDOW, Child, port_is_free
+from api.cli.state import pid_alive, signing_secret
+from tests.conftest import ROOT
+
+
+def test_environment_points_children_at_the_embedded_services(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GENQ_SIGNING_SECRET", raising=False)
+    monkeypatch.delenv("GENQ_TORCH_THREADS", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    config = EmbeddedConfig(data_dir=tmp_path / "d", port=8123, workers=2, broker_port=6555)
+    env = embedded_environment(config)
+    assert env["GENQ_DATA_DIR"] == str((tmp_path / "d").resolve())
+    assert env["GENQ_BROKER_URL"] == "redis://127.0.0.1:6555/0"
+    assert env["GENQ_PUBLIC_BASE_URL"] == "http://127.0.0.1:8123"
+    assert env["GENQ_TORCH_THREADS"] == "4"  # the cores shared between the workers
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    # The signing secret is made once per data dir, private, and reused on the next start.
+    assert env["GENQ_SIGNING_SECRET"] == signing_secret((tmp_path / "d").resolve())
+    assert ((tmp_path / "d") / "signing.secret").stat().st_mode & 0o777 == 0o600
+    monkeypatch.setenv("GENQ_TORCH_THREADS", "1")
+    monkeypatch.setenv("GENQ_SIGNING_SECRET", "from-the-environment")
+    env = embedded_environment(config)
+    assert env["GENQ_TORCH_THREADS"] == "1" and env["GENQ_SIGNING_SECRET"] == "from-the-environment"
+
+
+def test_commands() -> None:
+    worker = worker_command(1, ["genq.train", "genq.sample"])
+    assert worker[1:5] == ["-m", "celery", "-A", "worker.celery_app"]
+    assert "--concurrency" in worker and worker[worker.index("--concurrency") + 1] == "1"
+    assert worker[worker.index("--queues") + 1] == "genq.train,genq.sample"
+    api = api_command(EmbeddedConfig(data_dir=Path("x"), port=9999))
+    assert "127.0.0.1:9999" in api and api[-1] == "api.wsgi:app"
+    assert EmbeddedConfig(data_dir=Path("x"), host="0.0.0.0", port=1).api_url == "http://127.0.0.1:1"
+
+
+def test_a_child_is_restarted_within_limits(tmp_path: Path) -> None:
+    child = Child("sleeper", [sys.executable, "-c", "import time; time.sleep(30)"], {}, tmp_path / "c.log")
+    child.start()
+    try:
+        assert child.exit_code() is None and pid_alive(child.pid)
+        assert all(child.may_restart() for _ in range(MAX_RESTARTS_IN_WINDOW))
+        assert not child.may_restart()  # a crash loop stops genq instead
+    finally:
+        child.stop(timeout=5)
+    assert child.exit_code() is not None
+    assert "starting sleeper" in child.log_tail()
+
+
+def test_stop_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); "
+        "time.sleep(30)"
+    )
+    child = Child("stubborn", [sys.executable, "-c", stubborn], {}, tmp_path / "s.log")
+    child.start()
+    deadline = time.monotonic() + 10
+    while child.log_tail().splitlines()[-1:] != ["up"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = time.monotonic()
+    child.stop(timeout=0.5)
+    assert child.exit_code() == -9 and time.monotonic() - started < 5
+
+
+def test_port_is_free() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert not port_is_free("127.0.0.1", port)
+    assert port_is_free("127.0.0.1", port)
+
+
+def test_the_cli_never_imports_torch_or_the_worker() -> None:
+    code = (
+        "import sys; import api.cli.main, api.cli.commands, api.cli.embedded, api.cli.demo, api.cli.admin;"
+        "import api.cli.detached, api.cli.client;"
+        "print([m for m in sys.modules if m in ('torch', 'worker') or m.startswith(('torch.', 'worker.'))])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().replace("'", '"')) == []
