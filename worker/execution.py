@@ -109,13 +109,22 @@ def _progress_sink(
     return write
 
 
+def validation_message(error: ValidationError) -> str:
+    """'field.path: what is wrong' per problem (a model-level check names its field in its message)."""
+    problems = []
+    for problem in error.errors():
+        where = ".".join(map(str, problem["loc"]))
+        what = problem["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {what}" if where else what)
+    return "; ".join(problems)
+
+
 def _failure(error: Exception) -> tuple[str, str]:
     """(error code, message for the user). Deterministic errors are not retried: they would fail again."""
     if isinstance(error, JobError):
         return error.code, error.message
     if isinstance(error, ValidationError):
-        fields = (f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in error.errors())
-        return "invalid_params", "; ".join(fields)
+        return "invalid_params", validation_message(error)
     if isinstance(error, ConfigError):
         return "invalid_params", str(error)
     if isinstance(error, DatasetError):
@@ -149,5 +158,5 @@ def _finish(
         log.info("job %s attempt %d %s", lease.job_id, lease.attempt, what)
     else:
         log.warning(
-            "job %s attempt %d no longer holds the job; its result (%s) was dropped", *lease[:2], what
+            "job %s attempt %d lost the job; its result (%s) is dropped", lease.job_id, lease.attempt, what
         )
