@@ -24,7 +24,7 @@ from shared.db import session_factory
 from shared.job_state import Lease
 from shared.models import Job, JobStatus
 from shared.settings import Settings, get_settings
-from shared.storage import make_store
+from shared.storage import ObjectStore, make_store
 from worker.engine.runtime import Canceled, ConfigError, RunContext, pick_device
 from worker.lease import LeaseKeeper
 from worker.outputs import JobOutputs
@@ -41,8 +41,13 @@ def execute(job_id: str, run: Runner, hostname: str | None = None) -> None:
     settings = get_settings()
     sessions = session_factory(settings.sql_url)
     owner = f"{hostname or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    try:
+        job_uuid = uuid.UUID(job_id)
+    except ValueError:
+        log.error("message with a malformed job id %r dropped", job_id)
+        return
     with sessions.begin() as session:
-        job = job_state.claim_job(session, uuid.UUID(job_id), owner, settings.lease_seconds)
+        job = job_state.claim_job(session, job_uuid, owner, settings.lease_seconds)
     if job is None:
         log.info("job %s is not queued (repeated delivery, canceled or finished): nothing to do", job_id)
         return
@@ -52,7 +57,7 @@ def execute(job_id: str, run: Runner, hostname: str | None = None) -> None:
     progress = ProgressWriter(
         _progress_sink(sessions, lease), settings.progress_interval_seconds, keeper.observe
     )
-    outputs = JobOutputs(make_store(settings), job.tenant_id, job.id)
+    outputs = JobOutputs(_store(settings), job.tenant_id, job.id)
     try:
         with tempfile.TemporaryDirectory(prefix="genq-job-") as workdir:
             outcome = run(_job_run(job, lease, settings, sessions, outputs, progress, keeper, Path(workdir)))
@@ -69,6 +74,17 @@ def execute(job_id: str, run: Runner, hostname: str | None = None) -> None:
         )
     finally:
         keeper.stop()
+
+
+_cached_store: tuple[Settings, ObjectStore] | None = None
+
+
+def _store(settings: Settings) -> ObjectStore:
+    """One store (one set of S3 clients) per process: the jobs of a batch start without building one."""
+    global _cached_store
+    if _cached_store is None or _cached_store[0] is not settings:
+        _cached_store = (settings, make_store(settings))
+    return _cached_store[1]
 
 
 def _job_run(
