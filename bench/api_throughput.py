@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psycopg
@@ -153,6 +153,7 @@ class LoadResult:
     rps: float
     p50: float  # seconds
     p99: float
+    server_cpu: float = 0.0  # seconds of gunicorn worker CPU during the run
 
 
 UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
@@ -203,17 +204,20 @@ def load_threads(url: str, headers: dict[str, str], clients: int, seconds: float
     return LoadResult(len(flat), sum(errors), len(flat) / elapsed, percentile(flat, 50), percentile(flat, 99))
 
 
-def load(url: str, headers: dict[str, str], clients: int, seconds: float) -> LoadResult:
+def load(server: Server, path: str, headers: dict[str, str], clients: int, seconds: float) -> LoadResult:
     runner = load_wrk if shutil.which("wrk") else load_threads
-    return runner(url, headers, clients, seconds)
+    before = server_cpu_seconds(server.pid)
+    result = runner(server.base + path, headers, clients, seconds)
+    return replace(result, server_cpu=server_cpu_seconds(server.pid) - before)
 
 
 def describe(label: str, result: LoadResult) -> str:
     errors = f", {result.errors} errors" if result.errors else ""
     p50, p99 = result.p50 * 1e3, result.p99 * 1e3
+    cpu = result.server_cpu / max(result.requests, 1) * 1e3
     return (
-        f"  {label:<22} {result.rps:8.0f} req/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms"
-        f"  ({result.requests} requests{errors})"
+        f"  {label:<18} {result.rps:6.0f} req/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms"
+        f"  server CPU {cpu:5.2f} ms/req  ({result.requests} requests{errors})"
     )
 
 
@@ -222,19 +226,21 @@ def poll_benchmark(found: Services, tenant: ApiTenant, job_id: str, args: argpar
     print(f"\n(a) status polls: {args.clients} concurrent clients ({client}), {args.seconds:g} s each")
     for config in args.configs:
         with gunicorn(found, config, found.workdir / "gunicorn.log") as server:
-            base = server.base
-            status_url = f"{base}/v1/jobs/{job_id}"
-            reply = requests.get(status_url, headers=tenant.headers, timeout=30)
+            status_path = f"/v1/jobs/{job_id}"
+            reply = requests.get(server.base + status_path, headers=tenant.headers, timeout=30)
             assert reply.status_code == 200 and len(reply.json()["artifacts"]) == len(ARTIFACTS), reply.text
-            load(f"{base}/healthz", {}, args.clients, 1)  # warm every worker and connection pool
-            load(status_url, tenant.headers, args.clients, 1)
-            health = load(f"{base}/healthz", {}, args.clients, args.seconds)
-            status = load(status_url, tenant.headers, args.clients, args.seconds)
+            load(server, "/healthz", {}, args.clients, 1)  # warm every worker and connection pool
+            load(server, status_path, tenant.headers, args.clients, 1)
+            health = load(server, "/healthz", {}, args.clients, args.seconds)
+            status = load(server, status_path, tenant.headers, args.clients, args.seconds)
         print(f" gunicorn {config}:")
         print(describe("GET /healthz", health))
         print(describe("GET /v1/jobs/{id}", status))
-        print(f"  status / healthz: {status.rps / health.rps:.2f}x the throughput, "
-              f"{status.p50 / health.p50:.1f}x the p50 latency")  # fmt: skip
+        cpu_ratio = (status.server_cpu / status.requests) / (health.server_cpu / health.requests)
+        print(
+            f"  status / healthz: {status.rps / health.rps:.2f}x the throughput,"
+            f" {status.p50 / health.p50:.1f}x the p50 latency, {cpu_ratio:.1f}x the server CPU per request"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
