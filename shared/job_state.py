@@ -277,3 +277,11 @@ def mark_published(session: Session, job_ids: list[uuid.UUID], when: dt.datetime
         .returning(Job.id)
     )
     return len(result.all())
+
+
+def clear_published(session: Session, job_ids: list[uuid.UUID]) -> None:
+    """Undo `mark_published` for queued jobs whose message could not be sent after all."""
+    if job_ids:
+        session.execute(
+            update(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.queued).values(published_at=None)
+        )

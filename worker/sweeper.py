@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import threading
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -120,15 +119,18 @@ class Sweep:
         return SweepReport(len(settled.requeued), settled.exhausted, settled.canceled, len(lost))
 
     def _publish(self, targets: list[PublishTarget]) -> None:
-        published: list[uuid.UUID] = []
-        try:
-            for target in targets:
+        if not targets:
+            return
+        # Marked first: a fast worker may claim (and even finish) the job before a later mark would land.
+        with self.sessions.begin() as session:
+            job_state.mark_published(session, [t.job_id for t in targets])
+        for i, target in enumerate(targets):
+            try:
                 publish_job(self.app, str(target.job_id), target.kind, target.priority, self.settings)
-                published.append(target.job_id)
-        finally:
-            if published:
+            except Exception:
                 with self.sessions.begin() as session:
-                    job_state.mark_published(session, published)
+                    job_state.clear_published(session, [t.job_id for t in targets[i:]])
+                raise
 
     def close(self) -> None:
         self.broker.close()

@@ -153,6 +153,19 @@ def test_a_failed_publish_leaves_the_job_for_the_next_sweep(sweep: Sweep) -> Non
     assert _status(sweep.sessions, job_id).published_at is None
 
 
+def test_published_at_is_set_even_when_a_worker_is_faster(sweep: Sweep) -> None:
+    job_id = _add_job(sweep.sessions, created_at=OLD, updated_at=OLD)
+
+    def deliver_at_once(name: str, **kwargs: Any) -> None:  # a worker claims it before send_task returns
+        with sweep.sessions.begin() as session:
+            assert job_state.claim_job(session, uuid.UUID(kwargs["task_id"]), "fast", 60) is not None
+
+    sweep.app.send_task = deliver_at_once  # type: ignore[method-assign]
+    assert sweep.once().republished == 1
+    job = _status(sweep.sessions, job_id)
+    assert job.status == JobStatus.running and job.published_at is not None
+
+
 def test_sweepers_take_turns(sweep: Sweep) -> None:
     assert sweep.take_turn()
     assert not sweep.take_turn()  # until the turn expires (sweep_interval_seconds)
