@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     deadline = began + args.budget
     print(f"genq queue overhead, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; {machine_line()}", flush=True)
 
-    from api.app import create_app  # after argument parsing: --help stays instant
+    from api.app import create_app  # here: the bare worker imports this module and needs no API
 
     with services() as found:
         bare_queue = f"{found.settings.sample_queue}.bare"
@@ -272,9 +272,11 @@ def report(
     rows: dict[str, Job],
     received: dict[str, float],
 ) -> None:
-    failed = [t.job_id for t in timings if rows[t.job_id].status != "succeeded"]
-    if failed:
-        print(f"warning: {len(failed)} jobs did not succeed, e.g. {rows[failed[0]].error_message}")
+    failed = [t for t in timings if rows[t.job_id].status != "succeeded"]
+    if failed or rows[cold.job_id].status != "succeeded":
+        example = rows[(failed or [cold])[0].job_id]
+        reason = f"{example.error_code}: {example.error_message}"
+        raise RuntimeError(f"{len(failed)} measured jobs (or the first) did not succeed, e.g. {reason}")
     marks = [job_marks(t, rows[t.job_id], received) for t in timings]
     running = summarize([m["started"] - m["submitted"] for m in marks])
     succeeded = summarize([m["finished"] - m["submitted"] for m in marks])
