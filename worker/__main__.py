@@ -54,7 +54,11 @@ def worker_commands(
     threads = str(max(1, cores // len(slots)))
     commands = []
     for gpu in slots:
-        env = {"GENQ_TORCH_THREADS": os.environ.get("GENQ_TORCH_THREADS") or threads}
+        env = {
+            "GENQ_TORCH_THREADS": os.environ.get("GENQ_TORCH_THREADS") or threads,
+            # Idle intra-op threads sleep instead of spinning: the processes share the host's cores.
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY") or "PASSIVE",
+        }
         if gpu is None:
             env.update(CUDA_VISIBLE_DEVICES="", GENQ_DEVICE=os.environ.get("GENQ_DEVICE") or "cpu")
             hostname = "cpu@%h"
