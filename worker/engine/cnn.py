@@ -1,11 +1,14 @@
 """The CNN family: a compact image classifier, its training loop, and the frozen feature network for metrics.
 
-Network: see cnn_nets.py (three conv-BN-ReLU stages, about 25 M multiply-adds per 28x28 image at width 32).
-Training: random shifts (replicate padding + crop) and horizontal flips drawn from
-an explicit generator, label smoothing, SGD with Nesterov momentum and a one-cycle schedule (a pure function
-of the step). Each epoch's data order is a pure function of (seed, epoch); the augmentation generator and the
-global RNG (dropout) travel in checkpoints, so an interrupted run resumes exactly. Prediction averages the
-logits of each image and its mirror image when the model was trained with flips.
+Network: cnn_nets.py (three conv-BN-ReLU stages). Training: random shifts (replicate padding + crop) and
+horizontal flips drawn from an explicit generator, label smoothing, SGD with Nesterov momentum and a
+one-cycle schedule (a pure function of the step). Each epoch's data order is a pure function of
+(seed, epoch); the augmentation generator and the global RNG (dropout) travel in checkpoints, so an
+interrupted run resumes exactly. Prediction averages the logits of each image and its mirror image when
+the model was trained with flips.
+
+CPU notes (measured): channels_last is about 18 % faster than NCHW; torch.compile was slower per step
+(and costs tens of seconds to compile), so it is not used.
 """
 
 from __future__ import annotations
