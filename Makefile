@@ -4,7 +4,7 @@
 #   make test    the test suite (starts Postgres and Redis when they are down)
 #   make up      run genq on this machine (embedded: SQLite, local files, built-in broker)
 #   make lint    ruff
-#   make bench   the service benchmarks (queue overhead, API throughput)
+#   make bench   the service benchmarks (queue overhead, API throughput): see BENCHMARKS.md
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -18,7 +18,7 @@ FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.genq-installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
-BENCH_MODULES ?= bench.queue bench.api
+BENCH_MODULES ?= bench.queue_latency bench.api_throughput
 
 .PHONY: help setup dataset services demo test lint up bench clean
 

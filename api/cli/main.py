@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="train a GAN, generate a batch, download it (about 5 minutes)", parents=[common]
     )
-    demo.add_argument("--train-seconds", type=float, default=180.0, help="training budget (default 180)")
+    demo.add_argument("--train-seconds", type=float, default=240.0, help="training budget (default 240)")
     demo.add_argument("--count", type=int, default=100, help="images per class (default 100)")
     demo.add_argument("--workers", type=int, default=1, help="workers when it starts genq (default 1)")
     demo.add_argument("--port", type=int, default=8000, help="API port when it starts genq")
