@@ -173,11 +173,19 @@ def image_header(stream: Any, name: str) -> tuple[int, int, str]:
     try:
         with Image.open(stream) as image:
             width, height, mode = image.width, image.height, image.mode
+            if mode in ("P", "PA") and _grey_palette(image.getpalette()):
+                mode = "L"  # a palette of greys: the image is greyscale
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DatasetError(f"{name}: cannot be decoded as an image ({error})") from None
     if width * height > MAX_IMAGE_PIXELS:
         raise DatasetError(f"{name}: {width}x{height} pixels is too large (at most {MAX_IMAGE_PIXELS})")
     return width, height, mode
+
+
+def _grey_palette(palette: list[int] | None) -> bool:
+    return palette is not None and all(
+        palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette), 3)
+    )
 
 
 def _npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype]:

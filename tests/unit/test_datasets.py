@@ -50,6 +50,15 @@ def test_class_folders_give_sorted_labels_and_any_colour_image_makes_rgb(tmp_pat
     assert summary.channels == 3 and summary.default_size == 32
 
 
+def test_palette_images_of_greys_count_as_grey(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8), 90).convert("P").save(buffer, format="PNG")
+    coloured = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).convert("P").save(coloured, format="PNG")
+    assert inspect_upload(make_zip(tmp_path / "p.zip", {"a.png": buffer.getvalue()})).channels == 1
+    assert inspect_upload(make_zip(tmp_path / "q.zip", {"a.png": coloured.getvalue()})).channels == 3
+
+
 def test_zip_layout_rules() -> None:
     assert zip_layout(["b.png", "a.png"]).names == ["a.png", "b.png"]
     assert zip_layout(["only/a.png", "only/b.png"]).labels is None  # one folder: unlabelled
