@@ -1,0 +1,218 @@
+"""Throughput benchmark: genq's training and generation paths beside bare loops of the same nets.
+
+    python -m bench.throughput                                   # all families, batch sizes 64/256/1024
+    python -m bench.throughput --families gan --batch-sizes 64 --steps 10
+
+Training: samples/s of each family's `train()` in its steady state (timed between two progress reports,
+after warm-up steps), beside a bare loop of the same nets, loss and optimiser with none of genq's
+machinery (no progress, cancel checks, checkpoints, deterministic batch order or loss history).
+
+Generation: images/s of genq's bulk path - `generate()` in chunks of the batch size, PNG encoding, tar
+shards and the manifest written to a local store - beside a bare forward pass of the same generator
+(decoder for the VAE) on the same number of latents. Ratios near 1 mean the machinery is nearly free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from shared.settings import Settings
+from shared.storage import LocalStore
+from worker.engine import api, cnn, gan, vae
+from worker.engine.data import load_builtin
+from worker.engine.images import encode_png
+from worker.engine.imageset import ImageSet, to_unit_range
+from worker.engine.latents import item_seed
+from worker.engine.runtime import Progress, RunContext, configure_threads
+from worker.engine.vae_inference import likelihood_params
+from worker.engine.vae_loss import gaussian_kl, reconstruction_nll, reparameterise
+from worker.outputs import JobOutputs
+from worker.shards import ManifestWriter, ShardWriter
+
+CPU = torch.device("cpu")
+
+
+def genq_training_rate(family: str, data: ImageSet, batch_size: int, warmup: int, steps: int) -> float:
+    """Samples/s between the progress reports of step `warmup` and step `warmup + steps`."""
+    stamps: dict[int, float] = {}
+
+    def on_progress(progress: Progress) -> None:
+        if progress.phase == "train" and progress.step in (warmup, warmup + steps):
+            stamps[progress.step] = time.perf_counter()
+
+    options = {"batch_size": batch_size, "max_steps": warmup + steps}
+    api.train(family, options, data, RunContext(on_progress=on_progress, device=CPU))
+    return steps * batch_size / (stamps[warmup + steps] - stamps[warmup])
+
+
+def bare_cnn_step(config: cnn.Config, data: ImageSet) -> Callable[[torch.Tensor], None]:
+    model = cnn.build_model(config).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True)
+    assert data.labels is not None
+    labels = data.labels
+
+    def step(index: torch.Tensor) -> None:
+        x = to_unit_range(data.images[index]).contiguous(memory_format=torch.channels_last)
+        loss = F.cross_entropy(model(x), labels[index], label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def bare_gan_step(config: gan.Config, data: ImageSet) -> Callable[[torch.Tensor], None]:
+    net_g, net_d = gan.build_generator(config), gan.build_discriminator(config)
+    ema = gan.build_generator(config).eval().requires_grad_(False)
+    opt_g = torch.optim.Adam(net_g.parameters(), lr=config.lr, betas=config.betas)
+    opt_d = torch.optim.Adam(net_d.parameters(), lr=config.lr_d or config.lr, betas=config.betas)
+    labels = data.labels if config.num_classes else None
+
+    def step(index: torch.Tensor) -> None:
+        real = to_unit_range(data.images[index])
+        y = labels[index] if labels is not None else None
+        fake = net_g(
+            torch.randn(len(index), config.latent_dim), net_g.class_vectors(y) if y is not None else None
+        )
+        both = torch.cat([y, y]) if y is not None else None
+        scores = net_d(torch.cat([real, fake.detach()]), both)
+        loss_d = gan.hinge_d_loss(scores[: len(real)], scores[len(real) :])
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        net_d.requires_grad_(False)
+        loss_g = gan.hinge_g_loss(net_d(fake, y))
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        net_d.requires_grad_(True)
+        gan.update_ema(ema, net_g, config.ema_decay)
+
+    return step
+
+
+def bare_vae_step(config: vae.Config, data: ImageSet) -> Callable[[torch.Tensor], None]:
+    model = vae.build_model(config).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    params = likelihood_params(model)
+    labels = data.labels if config.num_classes else None
+
+    def step(index: torch.Tensor) -> None:
+        x = to_unit_range(data.images[index]).contiguous(memory_format=torch.channels_last)
+        vectors = model.label_vectors(labels[index] if labels is not None else None)
+        mean, logvar = model.encode(x, vectors)
+        decoded = model.decode(reparameterise(mean, logvar, torch.randn_like(mean)), vectors)
+        loss = (reconstruction_nll(config.likelihood, x, decoded, params) + gaussian_kl(mean, logvar)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+BARE_STEPS = {"cnn": bare_cnn_step, "gan": bare_gan_step, "vae": bare_vae_step}
+
+
+def bare_training_rate(family: str, data: ImageSet, batch_size: int, warmup: int, steps: int) -> float:
+    module = api.family_module(family)
+    config = module.Config.from_options({"batch_size": batch_size}, data)
+    torch.manual_seed(0)
+    step = BARE_STEPS[family](config, data)
+    for _ in range(warmup):
+        step(torch.randint(len(data), (batch_size,)))
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(torch.randint(len(data), (batch_size,)))
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def genq_generation_rate(model: api.LoadedModel, count: int, chunk: int, workdir: Path) -> float:
+    """The worker's bulk path without the network: generate -> PNG -> tar shards + manifest on disk."""
+    settings = Settings(data_dir=workdir, storage_backend="local")
+    outputs = JobOutputs(LocalStore(settings), uuid.uuid4(), uuid.uuid4())
+    seeds = [item_seed(0, i) for i in range(count)]
+    labels = [i % model.num_classes for i in range(count)] if model.num_classes else None
+    start = time.perf_counter()
+    shards = ShardWriter(outputs, 1000, workdir)
+    manifest = ManifestWriter(workdir / "manifest.json", {"count": count})
+    done = 0
+    for images in api.generate(model, seeds, labels, chunk_size=chunk):
+        for image in images:
+            shard, member = shards.add(done, encode_png(image))
+            manifest.add({"index": done, "seed": seeds[done], "shard": shard, "member": member})
+            done += 1
+    shards.close()
+    manifest.close()
+    return count / (time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def bare_generation_rate(model: api.LoadedModel, count: int, chunk: int) -> float:
+    """The same generator (VAE: decoder) on random latents in batches of `chunk`, nothing else."""
+    net = model.module
+    k = model.num_classes
+    start = time.perf_counter()
+    for offset in range(0, count, chunk):
+        n = min(chunk, count - offset)
+        y = torch.arange(offset, offset + n) % k if k else None
+        if model.family == "gan":
+            net(torch.randn(n, net.latent_dim), net.class_vectors(y) if y is not None else None)
+        else:
+            net.decode(torch.randn(n, model.config["latent_dim"]), net.label_vectors(y))
+    return count / (time.perf_counter() - start)
+
+
+def tiny_trained(family: str, data: ImageSet) -> api.LoadedModel:
+    output = api.train(family, {"max_steps": 2}, data, RunContext(device=CPU))
+    return api.load(output.checkpoint, CPU)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--families", default="cnn,gan,vae")
+    parser.add_argument("--batch-sizes", default="64,256,1024")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps")
+    parser.add_argument("--images", type=int, default=4096, help="images per generation measurement")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    print(f"torch threads: {configure_threads(args.threads)}", flush=True)
+    families = args.families.split(",")
+    sizes = [int(s) for s in args.batch_sizes.split(",")]
+    data = load_builtin("fashion-mnist", "train")
+
+    print("training samples/s (genq train() vs bare loop of the same nets)", flush=True)
+    for family in families:
+        for size in sizes:
+            bare = bare_training_rate(family, data, size, args.warmup, args.steps)
+            genq = genq_training_rate(family, data, size, args.warmup, args.steps)
+            print(
+                f"  {family} batch {size:>5}: genq {genq:8.1f}  bare {bare:8.1f}  ratio {genq / bare:.3f}",
+                flush=True,
+            )
+
+    print("generation images/s (genq generate + PNG + shards + manifest vs bare forward pass)", flush=True)
+    for family in (f for f in families if f in ("gan", "vae")):
+        model = tiny_trained(family, data)
+        for size in sizes:
+            with tempfile.TemporaryDirectory() as workdir:
+                genq = genq_generation_rate(model, args.images, size, Path(workdir))
+            bare = bare_generation_rate(model, args.images, size)
+            print(
+                f"  {family} chunk {size:>5}: genq {genq:8.1f}  bare {bare:8.1f}  ratio {genq / bare:.3f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
