@@ -30,7 +30,7 @@ from typing import Any
 import redis
 from sqlalchemy import create_engine, text
 
-from shared.db import engine_for, session_factory
+from shared.db import dispose_engines, session_factory
 from shared.settings import Settings
 from shared.storage import S3Store
 from shared.tenants import create_api_key, create_tenant
@@ -119,7 +119,7 @@ def _create_database() -> str:
 
 
 def _drop_database(url: str) -> None:
-    engine_for(url).dispose()
+    dispose_engines(url)
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -28,10 +28,37 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, **kwargs)
 
 
-@lru_cache(maxsize=8)
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
 def engine_for(url: str) -> Engine:
-    """The process-wide engine for a URL (created on first use)."""
-    return make_engine(url)
+    """The process-wide engine for a URL, created on first use and kept until `dispose_engines()`.
+
+    Never evicted: an engine dropped while its pool holds connections would close them only when the
+    garbage collector gets to it."""
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = make_engine(url)
+        return engine
+
+
+def release_connections() -> None:
+    """Close every engine's idle pooled connections; the engines stay usable and open new ones on demand."""
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+
+
+def dispose_engines(url: str | None = None) -> None:
+    """Close the pooled connections of one URL's engine (or of all) and forget it."""
+    with _engines_lock:
+        urls = [url] if url is not None else list(_engines)
+        for key in urls:
+            engine = _engines.pop(key, None)
+            if engine is not None:
+                engine.dispose()
 
 
 def session_factory(url: str) -> sessionmaker[Session]:

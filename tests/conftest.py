@@ -67,9 +67,9 @@ def postgres_url() -> Iterator[str]:
     migrated = run_alembic("upgrade", "head", url=url)
     assert migrated.returncode == 0, migrated.stderr
     yield url
-    from shared.db import engine_for
+    from shared.db import dispose_engines
 
-    engine_for(url).dispose()
+    dispose_engines(url)
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
@@ -134,3 +134,13 @@ def service_settings(service_env: dict[str, str]):  # type: ignore[no-untyped-de
     settings = Settings(**{k.removeprefix("GENQ_").lower(): v for k, v in service_env.items()})
     S3Store(settings).ensure_bucket()
     return settings
+
+
+@pytest.fixture(autouse=True)
+def _close_database_connections() -> Iterator[None]:
+    """Each test's engines are disposed when it ends: no pooled connection outlives its test to be closed
+    later by the garbage collector (a ResourceWarning, an error under warnings-as-errors)."""
+    yield
+    from shared.db import release_connections
+
+    release_connections()

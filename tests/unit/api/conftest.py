@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.app import create_app
 from api.publisher import JobMessage
-from shared.db import engine_for
+from shared.db import dispose_engines, engine_for
 from shared.models import Base, Batch, Dataset, Job, TrainedModel, utcnow
 from shared.settings import Settings
 from shared.specs import Family
@@ -69,7 +69,7 @@ def session(settings: Settings) -> Iterator[Session]:
     Base.metadata.create_all(engine)
     with Session(engine, expire_on_commit=False) as session:
         yield session
-    engine.dispose()
+    dispose_engines(settings.sql_url)
 
 
 @pytest.fixture()

@@ -70,6 +70,6 @@ def live_api(tmp_path: Path) -> Iterator[LiveApi]:
         server.server_close()
         thread.join(timeout=5)
         engine.dispose()
-        from shared.db import engine_for
+        from shared.db import dispose_engines
 
-        engine_for(settings.sql_url).dispose()  # the app's engine
+        dispose_engines(settings.sql_url)  # the app's engine
