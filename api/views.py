@@ -34,11 +34,17 @@ def progress_view(job: Job, now: dt.datetime | None = None) -> dict[str, Any] | 
     if percent is None and step is not None and total:
         percent = round(min(100.0, 100.0 * step / total), 2)
     eta = _number(progress.get("eta_seconds"))
-    if eta is None and step and total and job.status == JobStatus.running:
-        started = _parse_time(progress.get("started_at")) or job.started_at
-        if started is not None:
-            elapsed = max(0.0, ((now or utcnow()) - started).total_seconds())
-            eta = round(elapsed / step * max(0.0, total - step), 1)
+    started = _parse_time(progress.get("started_at")) or job.started_at
+    elapsed = max(0.0, ((now or utcnow()) - started).total_seconds()) if started is not None else None
+    if eta is None and step and total and elapsed is not None and job.status == JobStatus.running:
+        eta = round(elapsed / step * max(0.0, total - step), 1)
+    budget = _number(job.params.get("max_seconds")) if job.kind == JobKind.train else None
+    training = progress.get("phase") == "train" and job.status == JobStatus.running
+    if budget and elapsed is not None and training:
+        # A time budget that runs out before the step count does ends training first: the bar follows it.
+        percent = round(max(percent or 0.0, min(100.0, 100.0 * elapsed / budget)), 2)
+        left = max(0.0, budget - elapsed)
+        eta = round(min(eta, left), 1) if eta is not None else round(left, 1)
     return {
         "phase": progress.get("phase"),
         "step": progress.get("step"),

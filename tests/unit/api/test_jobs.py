@@ -229,3 +229,20 @@ def test_other_tenants_jobs_are_not_found(
     assert client.get("/v1/jobs", headers=tenant.headers).json["jobs"] == []
     session.refresh(theirs)
     assert theirs.status == JobStatus.queued
+
+
+def test_progress_follows_a_time_budget_that_ends_training_first(
+    client: FlaskClient, tenant: Tenant, session: Session
+) -> None:
+    job = _add_job(
+        session,
+        tenant.id,
+        kind=JobKind.train,
+        params={"family": "gan", "max_seconds": 60},
+        status=JobStatus.running,
+        started_at=utcnow() - dt.timedelta(seconds=30),
+        progress={"phase": "train", "step": 10, "total": 3000},
+    )
+    progress = client.get(f"/v1/jobs/{job.id}", headers=tenant.headers).json["progress"]
+    assert 49 <= progress["percent"] <= 52  # half the budget, not 10 / 3000 of the steps
+    assert 28 <= progress["eta_seconds"] <= 31
