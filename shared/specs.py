@@ -54,7 +54,7 @@ class TrainOptions(Spec):
 
 class CnnOptions(TrainOptions):
     augment: bool = Field(True, description="random shifts and flips during training")
-    width: int = Field(64, ge=8, le=512, description="channels of the first stage")
+    width: int = Field(32, ge=8, le=512, description="channels of the first stage")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
 
 
@@ -70,7 +70,7 @@ class GanOptions(TrainOptions):
 class VaeOptions(TrainOptions):
     conditional: bool | None = Field(None, description="class-conditional; default: when the data has labels")
     latent_dim: int = Field(32, ge=2, le=1024)
-    width: int = Field(64, ge=8, le=512)
+    width: int = Field(32, ge=8, le=512)
     kl_warmup_steps: int = Field(2000, ge=0, le=10_000_000)
     likelihood: Literal["logistic", "bernoulli", "gaussian"] = "logistic"
     prior_components: int = Field(
