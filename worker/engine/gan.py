@@ -35,6 +35,7 @@ from worker.engine.runtime import (
 )
 
 FAMILY = "gan"
+SAMPLE_BLOCK = 32  # rows per generator pass when sampling (see sample())
 OPTION_KEYS = frozenset(GanOptions.model_fields)
 GRID_SEEDS = range(64)  # the sample grid: 8x8 fixed seeds, comparable across runs
 HISTORY_POINTS = 1000  # the loss curve keeps at most about this many points
@@ -193,11 +194,12 @@ def sample(
 ) -> torch.Tensor:
     """(B, C, H, W) float in [-1, 1]; item i depends only on seeds[i] and labels[i], bit for bit.
 
-    Eval-mode BatchNorm and float32 alone are not enough: matrix kernels block their work by batch size
-    and thread count, which changes float rounding in the last bits (and so, sometimes, a uint8 pixel).
-    Each item therefore runs as its own batch of one - about 40 % slower than batching on CPU, and
-    still far cheaper than storing the results. A conditional model given no labels uses label
-    seed % num_classes."""
+    Eval-mode BatchNorm and float32 alone are not enough: kernels pick their blocking by batch size, which
+    changes float rounding in the last bits (and so, sometimes, a uint8 pixel). Every forward pass
+    therefore runs on a block of exactly SAMPLE_BLOCK rows, the last one padded with zero latents: rows
+    of equal-sized batches do not affect each other, so item i is bit-identical whatever the job's
+    chunking, at about twice the speed of one item per pass. A conditional model given no labels uses
+    label seed % num_classes."""
     device = next(model.parameters()).device
     z = latents_for_seeds(seeds, model.latent_dim, truncation) * temperature
     y = None
@@ -215,12 +217,22 @@ def sample(
     model.eval()
     try:
         z = z.to(device)
-        items = [model(z[i : i + 1], None if y is None else y[i : i + 1]) for i in range(len(z))]
-        if not items:
+        if not len(z):
             return torch.empty(0, model.channels, model.image_size, model.image_size, device=device)
-        return torch.cat(items).float().clamp(-1.0, 1.0)
+        blocks = []
+        for start in range(0, len(z), SAMPLE_BLOCK):
+            z_block = _padded(z[start : start + SAMPLE_BLOCK])
+            y_block = None if y is None else _padded(y[start : start + SAMPLE_BLOCK])
+            blocks.append(model(z_block, y_block)[: min(SAMPLE_BLOCK, len(z) - start)])
+        return torch.cat(blocks).float().clamp(-1.0, 1.0)
     finally:
         model.train(was_training)
+
+
+def _padded(rows: torch.Tensor) -> torch.Tensor:
+    """rows (n, ...) -> (SAMPLE_BLOCK, ...), zero rows appended."""
+    missing = SAMPLE_BLOCK - len(rows)
+    return rows if missing == 0 else torch.cat([rows, rows.new_zeros(missing, *rows.shape[1:])])
 
 
 def load(state: dict[str, Any], device: torch.device) -> Generator:

@@ -173,6 +173,16 @@ def test_item_depends_only_on_its_seed() -> None:
         gan.sample(model, [1], [3])
 
 
+def test_item_is_the_same_across_sample_blocks_and_chunkings() -> None:
+    model = gan.load(unpack_checkpoint(train_tiny(image_set()).checkpoint), torch.device("cpu"))
+    count = gan.SAMPLE_BLOCK + 9  # two blocks, the second one padded
+    seeds, labels = list(range(100, 100 + count)), [i % 3 for i in range(count)]
+    whole = gan.sample(model, seeds, labels)
+    assert whole.shape[0] == count
+    for start, stop in ((0, 5), (5, gan.SAMPLE_BLOCK + 2), (gan.SAMPLE_BLOCK + 2, count)):
+        assert torch.equal(gan.sample(model, seeds[start:stop], labels[start:stop]), whole[start:stop])
+
+
 def test_cancel_raises() -> None:
     calls = []
     ctx = cpu_ctx(should_stop=lambda: len(calls) >= 2, on_progress=calls.append)
