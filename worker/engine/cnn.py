@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import ValidationError
 from torch import nn
 
 from shared.specs import CnnOptions
@@ -30,6 +29,7 @@ from worker.engine.cnn_nets import Classifier
 from worker.engine.images import grid_png, loss_curve_png
 from worker.engine.imageset import ImageSet, to_unit_range
 from worker.engine.latents import item_seed
+from worker.engine.options import validated_options
 from worker.engine.runtime import (
     ConfigError,
     RunContext,
@@ -40,7 +40,6 @@ from worker.engine.runtime import (
 )
 
 FAMILY = "cnn"
-OPTION_KEYS = frozenset(CnnOptions.model_fields)
 BASE_LR_PER_256 = 0.1  # peak SGD learning rate for a batch of 256; scaled linearly with the batch size
 EVAL_BATCH = 1000
 GRID_IMAGES = 64
@@ -72,15 +71,7 @@ class Config:
 
     @classmethod
     def from_options(cls, options: dict[str, Any], data: ImageSet) -> Config:
-        for key in options:
-            if key not in OPTION_KEYS:
-                raise ConfigError(f"options.{key}: unknown option for cnn")
-        given = {key: value for key, value in options.items() if value is not None}
-        try:
-            valid = CnnOptions.model_validate(given).model_dump(exclude_unset=True)
-        except ValidationError as error:
-            first = error.errors()[0]
-            raise ConfigError(f"options.{first['loc'][0]}: {first['msg']}") from None
+        valid = validated_options(CnnOptions, FAMILY, options)
         if data.labels is None or data.num_classes < 2:
             raise ConfigError("data: a cnn needs labelled images of at least two classes")
         if data.channels not in (1, 3) or data.images.shape[-2] != data.size:

@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 
 from shared.specs import GanOptions
 from worker.engine.api import TrainOutput
 from worker.engine.augment import diff_augment
-from worker.engine.gan_nets import SIZES, Discriminator, Generator
+from worker.engine.gan_nets import Discriminator, Generator
 from worker.engine.images import grid_png, loss_curve_png
 from worker.engine.imageset import ImageSet, to_uint8, to_unit_range
 from worker.engine.latents import item_seed, latents_for_seeds
+from worker.engine.options import check_generative_data, resolve_conditional, validated_options
 from worker.engine.runtime import (
     ConfigError,
     RunContext,
@@ -36,7 +36,6 @@ from worker.engine.runtime import (
 
 FAMILY = "gan"
 SAMPLE_BLOCK = 32  # rows per generator pass when sampling (see sample())
-OPTION_KEYS = frozenset(GanOptions.model_fields)
 GRID_SEEDS = range(64)  # the sample grid: 8x8 fixed seeds, comparable across runs
 HISTORY_POINTS = 1000  # the loss curve keeps at most about this many points
 
@@ -65,24 +64,9 @@ class Config:
 
     @classmethod
     def from_options(cls, options: dict[str, Any], data: ImageSet) -> Config:
-        for key in options:
-            if key not in OPTION_KEYS:
-                raise ConfigError(f"options.{key}: unknown option for gan")
-        given = {key: value for key, value in options.items() if value is not None}
-        try:
-            valid = GanOptions.model_validate(given).model_dump(exclude_unset=True)
-        except ValidationError as error:
-            first = error.errors()[0]
-            raise ConfigError(f"options.{first['loc'][0]}: {first['msg']}") from None
-        if data.size not in SIZES or data.images.shape[-2] != data.size or data.channels not in (1, 3):
-            raise ConfigError(f"data: gan needs square 1- or 3-channel images of size {SIZES}")
-        labelled = data.labels is not None and data.num_classes >= 2
-        conditional = valid.get("conditional")
-        if conditional is None:
-            conditional = labelled
-        elif conditional and not labelled:
-            raise ConfigError("options.conditional: the data set has no labels (or a single class)")
-        valid["conditional"] = conditional
+        valid = validated_options(GanOptions, FAMILY, options)
+        check_generative_data(data, FAMILY)
+        conditional = valid["conditional"] = resolve_conditional(valid.get("conditional"), data)
         return cls(
             **valid,
             image_size=data.size,

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 
 from shared.specs import VaeOptions
 from worker.engine.api import TrainOutput
@@ -25,8 +24,8 @@ from worker.engine.images import grid_png, loss_curve_png
 from worker.engine.imageset import ImageSet, to_uint8, to_unit_range
 from worker.engine.latents import item_seed
 from worker.engine.mixture_prior import MixturePrior, fit_mixture
+from worker.engine.options import check_generative_data, resolve_conditional, validated_options
 from worker.engine.runtime import (
-    ConfigError,
     RunContext,
     capture_rng,
     pack_checkpoint,
@@ -42,10 +41,9 @@ from worker.engine.vae_inference import (
     sample,
 )
 from worker.engine.vae_loss import gaussian_kl, kl_beta, reconstruction_nll, reparameterise
-from worker.engine.vae_nets import SIZES, VAE
+from worker.engine.vae_nets import VAE
 
 FAMILY = "vae"
-OPTION_KEYS = frozenset(VaeOptions.model_fields)
 __all__ = ["Config", "load", "negative_elbo", "sample", "train"]
 GRID_SEEDS = range(64)  # the sample grid: 8x8 fixed seeds, comparable across runs
 HISTORY_POINTS = 1000  # the loss curve keeps at most about this many points
@@ -79,24 +77,9 @@ class Config:
 
     @classmethod
     def from_options(cls, options: dict[str, Any], data: ImageSet) -> Config:
-        for key in options:
-            if key not in OPTION_KEYS:
-                raise ConfigError(f"options.{key}: unknown option for vae")
-        given = {key: value for key, value in options.items() if value is not None}
-        try:
-            valid = VaeOptions.model_validate(given).model_dump(exclude_unset=True)
-        except ValidationError as error:
-            first = error.errors()[0]
-            raise ConfigError(f"options.{first['loc'][0]}: {first['msg']}") from None
-        if data.size not in SIZES or data.images.shape[-2] != data.size or data.channels not in (1, 3):
-            raise ConfigError(f"data: vae needs square 1- or 3-channel images of size {SIZES}")
-        labelled = data.labels is not None and data.num_classes >= 2
-        conditional = valid.get("conditional")
-        if conditional is None:
-            conditional = labelled
-        elif conditional and not labelled:
-            raise ConfigError("options.conditional: the data set has no labels (or a single class)")
-        valid["conditional"] = conditional
+        valid = validated_options(VaeOptions, FAMILY, options)
+        check_generative_data(data, FAMILY)
+        conditional = valid["conditional"] = resolve_conditional(valid.get("conditional"), data)
         return cls(
             **valid,
             image_size=data.size,
