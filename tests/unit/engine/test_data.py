@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from worker.engine import data as data_module
 from worker.engine.data import (
     FASHION_MNIST_CLASSES,
     DatasetError,
@@ -67,12 +68,13 @@ def test_fashion_mnist_from_a_directory(tmp_path: Path) -> None:
 
 
 def test_installed_fashion_mnist_loads_fast() -> None:
-    start = time.perf_counter()
+    data_module._fashion_mnist.cache_clear()  # measure a real parse, not the cache
+    start = time.process_time()  # CPU time: a busy shared machine does not make this flaky
     try:
         data = load_builtin("fashion-mnist", "train")
     except DatasetError:
         pytest.skip("dataset-fashion-mnist is not installed")
-    assert time.perf_counter() - start < 3.0  # < 1 s on an idle core; slack for a busy machine
+    assert time.process_time() - start < 1.5  # about 0.5 s on an idle core
     assert data.images.shape == (60_000, 1, 28, 28) and data.labels.bincount().tolist() == [6000] * 10
 
 
