@@ -68,7 +68,9 @@ class Generator(nn.Module):
         self.num_classes = num_classes
         chans = stage_channels(image_size, width)
         self.s0 = base_size(image_size)
-        self.project = nn.Linear(latent_dim, chans[0] * self.s0 * self.s0, bias=False)
+        # The class vector also enters with z: a direct path that makes conditioning take hold within a
+        # few hundred steps (through the BatchNorm gains alone it takes thousands); still linear in y.
+        self.project = nn.Linear(latent_dim + num_classes, chans[0] * self.s0 * self.s0, bias=False)
         self.norms = nn.ModuleList([ConditionalBatchNorm2d(c, num_classes) for c in chans])
         # Transposed 4x4 stride-2 convolutions: a doubling stage at 4 multiply-adds per output pixel
         # and input channel (upsample + 3x3 conv costs 9), which matters on CPU.
@@ -78,7 +80,7 @@ class Generator(nn.Module):
         self.to_image = nn.Conv2d(chans[-1], channels, 3, 1, 1)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.project(z).view(len(z), -1, self.s0, self.s0)
+        x = self.project(z if y is None else torch.cat([z, y], dim=1)).view(len(z), -1, self.s0, self.s0)
         x = F.relu(self.norms[0](x, y))
         for up, norm in zip(self.ups, self.norms[1:], strict=True):
             x = F.relu(norm(up(x), y))
