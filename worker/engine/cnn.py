@@ -145,6 +145,15 @@ def learning_rate(step: int, total: int, peak: float, warmup_fraction: float) ->
     return peak / 1000 + (peak - peak / 1000) * (1 + math.cos(math.pi * progress)) / 2
 
 
+def schedule_step(step: int, total: int, ctx: RunContext) -> int:
+    """Where the one-cycle schedule stands. With a time budget that runs out before `total` steps, the
+    schedule follows the spent fraction of the budget, so a budget-limited run still anneals instead of
+    stopping at its peak learning rate (such a run's length, and so its weights, depend on the machine)."""
+    if not ctx.max_seconds:
+        return step
+    return max(step, min(total, round(total * ctx.elapsed() / ctx.max_seconds)))
+
+
 def augment_batch(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Random shifts of up to max_shift px (edge pixels repeated) and horizontal flips, per image.
     images: (B, C, S, S) float; the draws come from `generator` (on the CPU) alone."""
@@ -262,8 +271,9 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
         if config.augment:
             x = augment_batch(x, config.max_shift, augment_generator)
         x = x.contiguous(memory_format=torch.channels_last)
+        lr = learning_rate(schedule_step(step, total, ctx), total, config.lr, config.warmup_fraction)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, total, config.lr, config.warmup_fraction)
+            group["lr"] = lr
         with _autocast(device):
             loss = F.cross_entropy(
                 model(x), labels_all[index].to(device), label_smoothing=config.label_smoothing
