@@ -112,11 +112,20 @@ class Discriminator(nn.Module):
         self.features = nn.Sequential(*layers)
         self.score = spectral_norm(nn.Linear(chans[-1], 1))
         self.embed = spectral_norm(nn.Embedding(num_classes, chans[-1])) if num_classes else None
+        # An auxiliary class head (AC-GAN): trained on real images, it teaches the generator to make each
+        # class recognisable much sooner than the projection term alone does.
+        self.classes = spectral_norm(nn.Linear(chans[-1], num_classes)) if num_classes else None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.scores_and_logits(x, labels)[0]
+
+    def scores_and_logits(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Real/fake scores (B,) and, when conditional, class logits (B, K)."""
         h = self.features(x).sum(dim=(2, 3))  # (B, D): global sum pooling, as in SNGAN
         out = self.score(h).squeeze(1)
-        if self.embed is not None:
-            assert labels is not None, "a conditional discriminator needs labels"
-            out = out + (self.embed(labels) * h).sum(dim=1)
-        return out
+        if self.embed is None or self.classes is None:
+            return out, None
+        assert labels is not None, "a conditional discriminator needs labels"
+        return out + (self.embed(labels) * h).sum(dim=1), self.classes(h)
