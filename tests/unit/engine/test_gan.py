@@ -94,6 +94,8 @@ def test_network_shapes(size: int, channels: int, classes: int) -> None:
     assert images.shape == (3, channels, size, size)
     assert images.abs().max() <= 1
     assert discriminator(images, labels).shape == (3,)
+    logits = discriminator.scores_and_logits(images, labels)[1]
+    assert (logits is None) if not classes else logits.shape == (3, classes)
 
 
 def test_hinge_losses() -> None:
