@@ -15,6 +15,7 @@ shards and the manifest written to a local store - beside a bare forward pass of
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 import uuid
@@ -28,10 +29,10 @@ from shared.settings import Settings
 from shared.storage import LocalStore
 from worker.engine import api, cnn, gan, vae
 from worker.engine.data import load_builtin
-from worker.engine.images import encode_png
+from worker.engine.images import encode_pngs
 from worker.engine.imageset import ImageSet, to_unit_range
 from worker.engine.latents import item_seed
-from worker.engine.runtime import Progress, RunContext, configure_threads
+from worker.engine.runtime import Progress, RunContext, configure_threads, training_autocast
 from worker.engine.vae_inference import likelihood_params
 from worker.engine.vae_loss import gaussian_kl, reconstruction_nll, reparameterise
 from worker.outputs import JobOutputs
@@ -61,7 +62,8 @@ def bare_cnn_step(config: cnn.Config, data: ImageSet) -> Callable[[torch.Tensor]
 
     def step(index: torch.Tensor) -> None:
         x = to_unit_range(data.images[index]).contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(model(x), labels[index], label_smoothing=config.label_smoothing)
+        with training_autocast(CPU):  # the same precision as genq's loop
+            loss = F.cross_entropy(model(x), labels[index], label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -79,17 +81,19 @@ def bare_gan_step(config: gan.Config, data: ImageSet) -> Callable[[torch.Tensor]
     def step(index: torch.Tensor) -> None:
         real = to_unit_range(data.images[index])
         y = labels[index] if labels is not None else None
-        fake = net_g(
-            torch.randn(len(index), config.latent_dim), net_g.class_vectors(y) if y is not None else None
-        )
-        both = torch.cat([y, y]) if y is not None else None
-        scores = net_d(torch.cat([real, fake.detach()]), both)
-        loss_d = gan.hinge_d_loss(scores[: len(real)], scores[len(real) :])
+        with training_autocast(CPU):
+            fake = net_g(
+                torch.randn(len(index), config.latent_dim), net_g.class_vectors(y) if y is not None else None
+            )
+            both = torch.cat([y, y]) if y is not None else None
+            scores = net_d(torch.cat([real, fake.detach()]), both)
+            loss_d = gan.hinge_d_loss(scores[: len(real)].float(), scores[len(real) :].float())
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
         net_d.requires_grad_(False)
-        loss_g = gan.hinge_g_loss(net_d(fake, y))
+        with training_autocast(CPU):
+            loss_g = gan.hinge_g_loss(net_d(fake, y).float())
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
@@ -108,8 +112,10 @@ def bare_vae_step(config: vae.Config, data: ImageSet) -> Callable[[torch.Tensor]
     def step(index: torch.Tensor) -> None:
         x = to_unit_range(data.images[index]).contiguous(memory_format=torch.channels_last)
         vectors = model.label_vectors(labels[index] if labels is not None else None)
-        mean, logvar = model.encode(x, vectors)
-        decoded = model.decode(reparameterise(mean, logvar, torch.randn_like(mean)), vectors)
+        with training_autocast(CPU):
+            mean, logvar = model.encode(x, vectors)
+            mean, logvar = mean.float(), logvar.float()
+            decoded = model.decode(reparameterise(mean, logvar, torch.randn_like(mean)), vectors).float()
         loss = (reconstruction_nll(config.likelihood, x, decoded, params) + gaussian_kl(mean, logvar)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -145,8 +151,8 @@ def genq_generation_rate(model: api.LoadedModel, count: int, chunk: int, workdir
     manifest = ManifestWriter(workdir / "manifest.json", {"count": count})
     done = 0
     for images in api.generate(model, seeds, labels, chunk_size=chunk):
-        for image in images:
-            shard, member = shards.add(done, encode_png(image))
+        for png in encode_pngs(images):
+            shard, member = shards.add(done, png)
             manifest.add({"index": done, "seed": seeds[done], "shard": shard, "member": member})
             done += 1
     shards.close()
@@ -185,33 +191,55 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed training steps")
     parser.add_argument("--images", type=int, default=4096, help="images per generation measurement")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions; medians shown")
     args = parser.parse_args(argv)
     print(f"torch threads: {configure_threads(args.threads)}", flush=True)
     families = args.families.split(",")
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     data = load_builtin("fashion-mnist", "train")
 
-    print("training samples/s (genq train() vs bare loop of the same nets)", flush=True)
+    print(f"training samples/s (genq train() vs bare loop of the same nets; median of {args.repeats})")
     for family in families:
         for size in sizes:
-            bare = bare_training_rate(family, data, size, args.warmup, args.steps)
-            genq = genq_training_rate(family, data, size, args.warmup, args.steps)
-            print(
-                f"  {family} batch {size:>5}: genq {genq:8.1f}  bare {bare:8.1f}  ratio {genq / bare:.3f}",
-                flush=True,
+            genq, bare = interleaved(
+                lambda f=family, s=size: genq_training_rate(f, data, s, args.warmup, args.steps),
+                lambda f=family, s=size: bare_training_rate(f, data, s, args.warmup, args.steps),
+                args.repeats,
             )
+            report(f"{family} batch {size:>5}", genq, bare)
 
     print("generation images/s (genq generate + PNG + shards + manifest vs bare forward pass)", flush=True)
     for family in (f for f in families if f in ("gan", "vae")):
         model = tiny_trained(family, data)
         for size in sizes:
             with tempfile.TemporaryDirectory() as workdir:
-                genq = genq_generation_rate(model, args.images, size, Path(workdir))
-            bare = bare_generation_rate(model, args.images, size)
-            print(
-                f"  {family} chunk {size:>5}: genq {genq:8.1f}  bare {bare:8.1f}  ratio {genq / bare:.3f}",
-                flush=True,
-            )
+                genq, bare = interleaved(
+                    lambda s=size, m=model: genq_generation_rate(m, args.images, s, Path(workdir)),
+                    lambda s=size, m=model: bare_generation_rate(m, args.images, s),
+                    args.repeats,
+                )
+            report(f"{family} chunk {size:>5}", genq, bare)
+
+
+def interleaved(
+    genq: Callable[[], float], bare: Callable[[], float], repeats: int
+) -> tuple[list[float], list[float]]:
+    """Alternate the two measurements `repeats` times each, so a burst of load hits both alike."""
+    genq_rates, bare_rates = [], []
+    for _ in range(repeats):
+        bare_rates.append(bare())
+        genq_rates.append(genq())
+    return genq_rates, bare_rates
+
+
+def report(name: str, genq: list[float], bare: list[float]) -> None:
+    genq_median, bare_median = statistics.median(genq), statistics.median(bare)
+    spread = f"genq {min(genq):.0f}-{max(genq):.0f}, bare {min(bare):.0f}-{max(bare):.0f}"
+    print(
+        f"  {name}: genq {genq_median:8.1f}  bare {bare_median:8.1f}  "
+        f"ratio {genq_median / bare_median:.3f}  ({spread})",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     fashion_mnist_dir: Path = Path("/usr/share/datasets/fashion-mnist")
     torch_threads: int = Field(0, ge=0, description="0: all cores of this worker")
     device: str | None = None  # "cuda", "cuda:1", "cpu"; None: CUDA when present
+    # bf16 autocast in training where the device computes bf16 natively (recent GPUs, AVX512-BF16/AMX CPUs)
+    mixed_precision: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -98,7 +98,10 @@ def _job_run(
     workdir: Path,
 ) -> JobRun:
     ctx = RunContext(
-        on_progress=progress, should_stop=keeper.should_stop, device=pick_device(settings.device)
+        on_progress=progress,
+        should_stop=keeper.should_stop,
+        device=pick_device(settings.device),
+        mixed_precision=settings.mixed_precision,
     )
     return JobRun(
         job_id=job.id,

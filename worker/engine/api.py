@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from worker.engine.imageset import ImageSet, to_uint8
-from worker.engine.latents import item_seed
+from worker.engine.latents import SAMPLE_BLOCK, item_seed
 from worker.engine.runtime import ConfigError, RunContext, pick_device, unpack_checkpoint
 
 FAMILIES = ("cnn", "gan", "vae")
@@ -146,7 +146,10 @@ def generate(
     seeds = [int(seed) for seed in seeds]
     item_labels = _item_labels(model, labels, len(seeds))
     sample = family_module(model.family).sample
-    return _chunks(model, sample, seeds, item_labels, truncation, temperature, chunk_size, ctx)
+    # The samplers run fixed-size blocks (latents.in_fixed_blocks); they are called with whole blocks and
+    # their output handed out chunk by chunk, so a small chunk_size costs no padded rows.
+    work = -(-chunk_size // SAMPLE_BLOCK) * SAMPLE_BLOCK
+    return _chunks(model, sample, seeds, item_labels, truncation, temperature, chunk_size, work, ctx)
 
 
 def _chunks(
@@ -157,21 +160,24 @@ def _chunks(
     truncation: float,
     temperature: float,
     chunk_size: int,
+    work: int,
     ctx: RunContext | None,
 ) -> Iterator[np.ndarray]:
-    for start in range(0, len(seeds), chunk_size):
+    for start in range(0, len(seeds), work):
         if ctx is not None:
             ctx.check()
-        chunk_labels = None if labels is None else labels[start : start + chunk_size]
+        work_labels = None if labels is None else labels[start : start + work]
         with torch.inference_mode():
             images = sample(
-                model.module, seeds[start : start + chunk_size], chunk_labels,
+                model.module, seeds[start : start + work], work_labels,
                 truncation=truncation, temperature=temperature,
             )  # fmt: skip
             batch = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()  # (b, H, W, C)
-        yield batch
-        if ctx is not None:
-            ctx.report("generate", min(start + chunk_size, len(seeds)), len(seeds))
+        for offset in range(0, len(batch), chunk_size):
+            yield batch[offset : offset + chunk_size]
+            if ctx is not None:
+                done = start + min(offset + chunk_size, len(batch))
+                ctx.report("generate", done, len(seeds))
 
 
 def _item_labels(model: LoadedModel, labels: Sequence[int] | int | None, count: int) -> list[int] | None:

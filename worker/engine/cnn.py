@@ -7,8 +7,9 @@ one-cycle schedule (a pure function of the step). Each epoch's data order is a p
 interrupted run resumes exactly. Prediction averages the logits of each image and its mirror image when
 the model was trained with flips.
 
-CPU notes (measured): channels_last is about 18 % faster than NCHW; torch.compile was slower per step
-(and costs tens of seconds to compile), so it is not used.
+CPU notes (measured): channels_last is about 18 % faster than NCHW; bf16 autocast (where the CPU has
+native bf16, see runtime.training_autocast) trains 1.8x faster than float32; torch.compile was slower per
+step (and costs tens of seconds to compile), so it is not used.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from worker.engine.runtime import (
     capture_rng,
     pack_checkpoint,
     restore_rng,
+    training_autocast,
     unpack_checkpoint,
 )
 
@@ -51,8 +53,8 @@ class Config:
     seed: int = 0
     epochs: int = 10
     max_steps: int | None = None  # wins over epochs
-    batch_size: int = 256
-    lr: float = BASE_LR_PER_256  # peak learning rate; default scales with batch_size
+    batch_size: int = 128  # measured: 94.04 % in 600 s against 93.94 % at 256 (same time, 2 CPU cores)
+    lr: float = BASE_LR_PER_256 / 2  # peak learning rate; default scales with batch_size
     augment: bool = True
     width: int = 32
     label_smoothing: float = 0.1
@@ -156,7 +158,9 @@ def schedule_step(step: int, total: int, ctx: RunContext) -> int:
 
 def augment_batch(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Random shifts of up to max_shift px (edge pixels repeated) and horizontal flips, per image.
-    images: (B, C, S, S) float; the draws come from `generator` (on the CPU) alone."""
+    images: (B, C, S, S) float; the draws come from `generator` (on the CPU) alone.
+
+    Random erasing on top was measured worse here (93.66 % against 94.04 % in the same 600 s)."""
     b, _, h, w = images.shape
     shift = torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator).to(images.device)
     flip = (torch.rand(b, generator=generator) < 0.5).to(images.device)
@@ -274,7 +278,7 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
         lr = learning_rate(schedule_step(step, total, ctx), total, config.lr, config.warmup_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with _autocast(device):
+        with training_autocast(device, ctx.mixed_precision):
             loss = F.cross_entropy(
                 model(x), labels_all[index].to(device), label_smoothing=config.label_smoothing
             )

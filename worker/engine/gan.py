@@ -24,7 +24,7 @@ from worker.engine.augment import diff_augment
 from worker.engine.gan_nets import Discriminator, Generator
 from worker.engine.images import grid_png, loss_curve_png
 from worker.engine.imageset import ImageSet, to_uint8, to_unit_range
-from worker.engine.latents import item_seed, latents_for_seeds
+from worker.engine.latents import in_fixed_blocks, item_seed, latents_for_seeds
 from worker.engine.options import check_generative_data, resolve_conditional, validated_options
 from worker.engine.runtime import (
     ConfigError,
@@ -32,11 +32,11 @@ from worker.engine.runtime import (
     capture_rng,
     pack_checkpoint,
     restore_rng,
+    training_autocast,
     unpack_checkpoint,
 )
 
 FAMILY = "gan"
-SAMPLE_BLOCK = 32  # rows per generator pass when sampling (see sample())
 GRID_SEEDS = range(64)  # the sample grid: 8x8 fixed seeds, comparable across runs
 HISTORY_POINTS = 1000  # the loss curve keeps at most about this many points
 
@@ -180,12 +180,8 @@ def sample(
 ) -> torch.Tensor:
     """(B, C, H, W) float in [-1, 1]; item i depends only on seeds[i] and labels[i], bit for bit.
 
-    Eval-mode BatchNorm and float32 alone are not enough: kernels pick their blocking by batch size, which
-    changes float rounding in the last bits (and so, sometimes, a uint8 pixel). Every forward pass
-    therefore runs on a block of exactly SAMPLE_BLOCK rows, the last one padded with zero latents: rows
-    of equal-sized batches do not affect each other, so item i is bit-identical whatever the job's
-    chunking, at about twice the speed of one item per pass. A conditional model given no labels uses
-    label seed % num_classes."""
+    Eval-mode BatchNorm and float32 alone are not enough: every forward pass runs on a fixed-size block
+    (latents.in_fixed_blocks). A conditional model given no labels uses label seed % num_classes."""
     device = next(model.parameters()).device
     z = latents_for_seeds(seeds, model.latent_dim, truncation) * temperature
     y = None
@@ -205,20 +201,9 @@ def sample(
         z = z.to(device)
         if not len(z):
             return torch.empty(0, model.channels, model.image_size, model.image_size, device=device)
-        blocks = []
-        for start in range(0, len(z), SAMPLE_BLOCK):
-            z_block = _padded(z[start : start + SAMPLE_BLOCK])
-            y_block = None if y is None else _padded(y[start : start + SAMPLE_BLOCK])
-            blocks.append(model(z_block, y_block)[: min(SAMPLE_BLOCK, len(z) - start)])
-        return torch.cat(blocks).float().clamp(-1.0, 1.0)
+        return in_fixed_blocks(model, z, y).float().clamp(-1.0, 1.0)
     finally:
         model.train(was_training)
-
-
-def _padded(rows: torch.Tensor) -> torch.Tensor:
-    """rows (n, ...) -> (SAMPLE_BLOCK, ...), zero rows appended."""
-    missing = SAMPLE_BLOCK - len(rows)
-    return rows if missing == 0 else torch.cat([rows, rows.new_zeros(missing, *rows.shape[1:])])
 
 
 def load(state: dict[str, Any], device: torch.device) -> Generator:
@@ -289,7 +274,7 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
         return diff_augment(x, noise) if config.diff_augment else x
 
     started, steps_here = time.monotonic(), 0
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+    autocast = training_autocast(device, ctx.mixed_precision)
     while step < total:
         index = batch_indices(config.seed, step, config.batch_size, len(data)).to(device)
         real = to_unit_range(images[index])

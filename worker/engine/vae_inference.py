@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from worker.engine.imageset import to_unit_range
-from worker.engine.latents import latents_for_seeds
+from worker.engine.latents import in_fixed_blocks, latents_for_seeds
 from worker.engine.mixture_prior import MixturePrior
 from worker.engine.runtime import ConfigError
 from worker.engine.vae_loss import (
@@ -81,12 +81,14 @@ def sample(
     truncation: float = 1.0,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """(B, C, H, W) float in [-1, 1]; item i depends only on seeds[i] and labels[i] (GroupNorm only, eval
-    mode). A conditional model given no labels uses label seed % num_classes."""
+    """(B, C, H, W) float in [-1, 1]; item i depends only on seeds[i] and labels[i], bit for bit (GroupNorm
+    only, eval mode, and fixed-size decoder passes: latents.in_fixed_blocks). A conditional model given no
+    labels uses label seed % num_classes."""
     if model.num_classes and labels is None:
         labels = [int(s) % model.num_classes for s in seeds]
     y = label_tensor(model, labels, len(seeds))
-    return decode_mean(model, prior_latents(model, seeds, truncation, temperature), model.label_vectors(y))
+    latents = prior_latents(model, seeds, truncation, temperature)
+    return in_fixed_blocks(lambda z, v: decode_mean(model, z, v), latents, model.label_vectors(y))
 
 
 def as_model_input(model: VAE, images: torch.Tensor) -> torch.Tensor:

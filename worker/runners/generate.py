@@ -13,7 +13,7 @@ import torch
 
 from shared.specs import Family, GenerateParams
 from worker.engine import api as engine
-from worker.engine.images import encode_png, grid_png, resize_images
+from worker.engine.images import encode_pngs, grid_png, resize_images
 from worker.engine.latents import item_seed
 from worker.model_cache import load_model, model_row
 from worker.runners.base import JobError, JobRun, Outcome
@@ -87,6 +87,8 @@ def run(job: JobRun) -> Outcome:
     preview: list[np.ndarray] = []
     done = 0
     try:
+        # Progress and the cancel check come from this loop, once per chunk written (not from the engine,
+        # which would report each chunk before it is encoded).
         chunks = engine.generate(
             model,
             seeds,
@@ -94,11 +96,11 @@ def run(job: JobRun) -> Outcome:
             truncation=params.truncation,
             temperature=params.temperature,
             chunk_size=CHUNK_SIZE,
-            ctx=job.ctx,
         )
         for chunk in chunks:
-            for image in resize_nhwc(chunk, size):
-                shard, member = shards.add(first + done, encode_png(image))
+            chunk = resize_nhwc(chunk, size)
+            for image, png in zip(chunk, encode_pngs(chunk), strict=True):
+                shard, member = shards.add(first + done, png)
                 label = labels[done] if labels else None
                 manifest.add(
                     {

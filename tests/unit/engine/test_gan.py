@@ -9,6 +9,7 @@ from worker.engine import gan
 from worker.engine.augment import diff_augment
 from worker.engine.gan_nets import Discriminator, Generator
 from worker.engine.imageset import ImageSet
+from worker.engine.latents import SAMPLE_BLOCK
 from worker.engine.runtime import Canceled, ConfigError, RunContext, unpack_checkpoint
 
 TINY = {"width": 8, "latent_dim": 8, "batch_size": 4, "max_steps": 3}
@@ -177,11 +178,11 @@ def test_item_depends_only_on_its_seed() -> None:
 
 def test_item_is_the_same_across_sample_blocks_and_chunkings() -> None:
     model = gan.load(unpack_checkpoint(train_tiny(image_set()).checkpoint), torch.device("cpu"))
-    count = gan.SAMPLE_BLOCK + 9  # two blocks, the second one padded
+    count = SAMPLE_BLOCK + 9  # two blocks, the second one padded
     seeds, labels = list(range(100, 100 + count)), [i % 3 for i in range(count)]
     whole = gan.sample(model, seeds, labels)
     assert whole.shape[0] == count
-    for start, stop in ((0, 5), (5, gan.SAMPLE_BLOCK + 2), (gan.SAMPLE_BLOCK + 2, count)):
+    for start, stop in ((0, 5), (5, SAMPLE_BLOCK + 2), (SAMPLE_BLOCK + 2, count)):
         assert torch.equal(gan.sample(model, seeds[start:stop], labels[start:stop]), whole[start:stop])
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from worker.engine.images import encode_png, grid_png, loss_curve_png, resize_images, smooth
+from worker.engine.images import encode_png, encode_pngs, grid_png, loss_curve_png, resize_images, smooth
 
 
 def decode(png: bytes) -> Image.Image:
@@ -42,6 +42,25 @@ def test_encode_png_round_trips() -> None:
     np.testing.assert_array_equal(np.asarray(decode(encode_png(image))), image)
     grey = image[..., :1]
     np.testing.assert_array_equal(np.asarray(decode(encode_png(grey))), grey[..., 0])
+
+
+def test_encode_pngs_round_trips_a_batch_through_a_standard_decoder() -> None:
+    rng = np.random.default_rng(1)
+    for channels, mode in ((1, "L"), (3, "RGB")):
+        batch = rng.integers(0, 256, (5, 6, 11, channels)).astype(np.uint8)
+        encoded = encode_pngs(batch)
+        assert len(encoded) == 5
+        for png, image in zip(encoded, batch, strict=True):
+            decoded = Image.open(io.BytesIO(png))
+            decoded.load()  # checks every chunk's CRC and the zlib stream
+            assert decoded.mode == mode and decoded.size == (11, 6)
+            np.testing.assert_array_equal(np.asarray(decoded).reshape(image.shape), image)
+    # 2-D images, and the same bytes one at a time as in a batch.
+    flat = rng.integers(0, 256, (4, 4)).astype(np.uint8)
+    assert encode_png(flat) == encode_pngs(flat[None, :, :, None])[0]
+    for bad in (np.zeros((2, 4, 4, 2), np.uint8), np.zeros((2, 4, 4, 1), np.float32), np.zeros((4, 4, 1))):
+        with pytest.raises(ValueError):
+            encode_pngs(bad)
 
 
 def test_resize_images_keeps_constant_images_and_shape() -> None:

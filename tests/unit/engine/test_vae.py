@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from worker.engine import vae
 from worker.engine.imageset import ImageSet
+from worker.engine.latents import SAMPLE_BLOCK
 from worker.engine.mixture_prior import MixturePrior, fit_mixture
 from worker.engine.runtime import Canceled, ConfigError, RunContext, unpack_checkpoint
 from worker.engine.vae_loss import (
@@ -203,10 +204,16 @@ def test_items_depend_only_on_their_own_seed_and_label(trained: dict) -> None:
         assert (model.prior is None) == (prior is None)
         batch = vae.sample(model, [5, 6, 7], [0, 1, 2], temperature=0.8)
         alone = vae.sample(model, [6], [1], temperature=0.8)
-        assert torch.allclose(batch[1], alone[0], atol=1e-5)
+        assert torch.equal(batch[1], alone[0])  # bit for bit, not just close
         assert not torch.allclose(batch[1], vae.sample(model, [6], [2], temperature=0.8)[0])
         truncated = vae.sample(model, [5, 6], [0, 1], truncation=0.5)
-        assert torch.allclose(truncated[1], vae.sample(model, [6], [1], truncation=0.5)[0], atol=1e-5)
+        assert torch.equal(truncated[1], vae.sample(model, [6], [1], truncation=0.5)[0])
+    # Across decoder blocks: two blocks, the second padded, against other chunkings.
+    count = SAMPLE_BLOCK + 9
+    seeds, labels = list(range(100, 100 + count)), [i % 3 for i in range(count)]
+    whole = vae.sample(model, seeds, labels)
+    for start, stop in ((0, 1), (1, SAMPLE_BLOCK + 2), (SAMPLE_BLOCK + 2, count)):
+        assert torch.equal(vae.sample(model, seeds[start:stop], labels[start:stop]), whole[start:stop])
 
 
 def test_mixture_prior_fit_and_sampling() -> None:

@@ -61,6 +61,25 @@ def test_identical_inputs_give_identical_archives(outputs: JobOutputs, tmp_path:
     assert hashes[0] == hashes[1]
 
 
+def test_archives_are_byte_for_byte_what_tarfile_writes(outputs: JobOutputs, tmp_path: Path) -> None:
+    # Member sizes around block boundaries, and enough members to cross a 10,240-byte record.
+    members = [(i, bytes([i % 251]) * size) for i, size in enumerate((0, 1, 511, 512, 513, 4000, 9000))]
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    writer = ShardWriter(outputs, shard_size=len(members), workdir=workdir)
+    for index, data in members:
+        writer.add(index, data)
+    ours = outputs.store.get_bytes(writer.close()[0].key)
+
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for index, data in members:
+            info = tarfile.TarInfo(shards.member_name(index))
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            archive.addfile(info, io.BytesIO(data))
+    assert ours == expected.getvalue()
+
+
 def test_uploads_in_flight_are_bounded(outputs: JobOutputs, tmp_path: Path) -> None:
     workdir = tmp_path / "work"
     workdir.mkdir()
