@@ -60,7 +60,8 @@ class Config:
     num_classes: int = 0  # classes the model is conditioned on; 0 when unconditional
     class_names: list[str] = field(default_factory=list)
     # Internal: not user options.
-    default_steps: int = 5000  # ~0.17 CPU-s a step on 28x28; FD still falls at 3000, samples good by 2000
+    # 28x28, width 64, 2 idle cores: 20 steps/s with bf16 autocast (13.6 float32), so about 4 minutes
+    default_steps: int = 5000
     betas: tuple[float, float] = (0.0, 0.9)  # measured better than (0.5, 0.999) here
     class_loss_weight: float = 0.5  # conditional: auxiliary classification loss (see gan_nets)
 
