@@ -112,7 +112,7 @@ def bare_vae_step(config: vae.Config, data: ImageSet) -> Callable[[torch.Tensor]
     def step(index: torch.Tensor) -> None:
         x = to_unit_range(data.images[index]).contiguous(memory_format=torch.channels_last)
         vectors = model.label_vectors(labels[index] if labels is not None else None)
-        with training_autocast(CPU):
+        with vae.training_autocast_for(CPU, True):  # the same precision as genq's loop
             mean, logvar = model.encode(x, vectors)
             mean, logvar = mean.float(), logvar.float()
             decoded = model.decode(reparameterise(mean, logvar, torch.randn_like(mean)), vectors).float()
