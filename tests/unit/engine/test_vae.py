@@ -214,6 +214,7 @@ def test_items_depend_only_on_their_own_seed_and_label(trained: dict) -> None:
     whole = vae.sample(model, seeds, labels)
     for start, stop in ((0, 1), (1, SAMPLE_BLOCK + 2), (SAMPLE_BLOCK + 2, count)):
         assert torch.equal(vae.sample(model, seeds[start:stop], labels[start:stop]), whole[start:stop])
+    assert vae.sample(model, [], []).shape == (0, *whole.shape[1:])
 
 
 def test_mixture_prior_fit_and_sampling() -> None:
