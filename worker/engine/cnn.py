@@ -267,6 +267,7 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
     images_uint8, labels_all = train_set.images, train_set.labels
     assert labels_all is not None
     model.train()
+    autocast = training_autocast(device, ctx.mixed_precision)  # probes the hardware once, not per step
     tick = time.perf_counter()
     while step < total:
         epoch, position = divmod(step, steps_per_epoch)
@@ -278,7 +279,7 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
         lr = learning_rate(schedule_step(step, total, ctx), total, config.lr, config.warmup_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with training_autocast(device, ctx.mixed_precision):
+        with autocast:
             loss = F.cross_entropy(
                 model(x), labels_all[index].to(device), label_smoothing=config.label_smoothing
             )
