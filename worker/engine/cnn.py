@@ -35,6 +35,7 @@ from worker.engine.runtime import (
     ConfigError,
     RunContext,
     capture_rng,
+    inference_rows,
     pack_checkpoint,
     restore_rng,
     training_autocast,
@@ -43,7 +44,6 @@ from worker.engine.runtime import (
 
 FAMILY = "cnn"
 BASE_LR_PER_256 = 0.1  # peak SGD learning rate for a batch of 256; scaled linearly with the batch size
-EVAL_BATCH = 1000
 GRID_IMAGES = 64
 HISTORY_POINTS = 2000  # the loss history keeps about this many points (means over groups of steps)
 
@@ -109,10 +109,10 @@ def build_model(config: Config) -> Classifier:
 
 def _batched(model: Classifier, images: torch.Tensor, fn: Any) -> torch.Tensor:
     device = next(model.parameters()).device
-    outputs = []
+    outputs, rows = [], inference_rows(device)
     with torch.inference_mode(), _autocast(device):
-        for start in range(0, len(images), EVAL_BATCH):
-            x = images[start : start + EVAL_BATCH].to(device).contiguous(memory_format=torch.channels_last)
+        for start in range(0, len(images), rows):
+            x = images[start : start + rows].to(device).contiguous(memory_format=torch.channels_last)
             outputs.append(fn(x).float())
     return torch.cat(outputs).to(images.device) if outputs else torch.empty(0)
 
@@ -190,7 +190,7 @@ def accuracy_report(
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """(test_accuracy, per-class accuracy, confusion matrix, count) on labelled `data`; the predictions."""
     model.eval()
-    chunks = data.images.split(EVAL_BATCH)
+    chunks = data.images.split(inference_rows(next(model.parameters()).device))
     predictions = torch.cat(
         [classify(model, to_unit_range(c)).argmax(1).cpu() for c in chunks] or [torch.empty(0)]
     )

@@ -14,7 +14,7 @@ import torch
 from worker.engine.imageset import to_unit_range
 from worker.engine.latents import in_fixed_blocks, latents_for_seeds
 from worker.engine.mixture_prior import MixturePrior
-from worker.engine.runtime import ConfigError
+from worker.engine.runtime import ConfigError, inference_rows
 from worker.engine.vae_loss import (
     gaussian_kl,
     likelihood_mean,
@@ -24,7 +24,6 @@ from worker.engine.vae_loss import (
 )
 from worker.engine.vae_nets import VAE
 
-EVAL_CHUNK = 256
 ELBO_SEED = 0  # the posterior draws of negative_elbo: fixed, so the number is reproducible
 
 
@@ -117,13 +116,14 @@ def elbo_terms(
     given = label_tensor(model, labels, count) if labels is not None else None
     candidates = range(model.num_classes) if model.num_classes and given is None else [None]
     recon_sum = kl_sum = nelbo_sum = 0.0
-    for start in range(0, count, EVAL_CHUNK):
-        x = x_all[start : start + EVAL_CHUNK].to(device)
-        eps = noise[start : start + EVAL_CHUNK].to(device)
+    rows = inference_rows(device)
+    for start in range(0, count, rows):
+        x = x_all[start : start + rows].to(device)
+        eps = noise[start : start + rows].to(device)
         per_label = []
         for candidate in candidates:
             if given is not None:
-                y = given[start : start + EVAL_CHUNK]
+                y = given[start : start + rows]
             else:
                 y = None if candidate is None else torch.full((len(x),), candidate, dtype=torch.long)
             vectors = model.label_vectors(y)
@@ -154,10 +154,10 @@ def negative_elbo(
 def encode_means(model: VAE, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
     """(N, D) posterior means on CPU for uint8 (N, C, H, W) images."""
     device = next(model.parameters()).device
-    means = []
-    for start in range(0, len(images), EVAL_CHUNK):
-        x = to_unit_range(images[start : start + EVAL_CHUNK].to(device))
-        y = labels[start : start + EVAL_CHUNK] if labels is not None and model.num_classes else None
+    means, rows = [], inference_rows(device)
+    for start in range(0, len(images), rows):
+        x = to_unit_range(images[start : start + rows].to(device))
+        y = labels[start : start + rows] if labels is not None and model.num_classes else None
         means.append(model.encode(x, model.label_vectors(y))[0].float().cpu())
     return torch.cat(means) if means else torch.empty(0, model.latent_dim)
 
