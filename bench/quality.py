@@ -31,7 +31,7 @@ from worker.engine.data import load_builtin
 from worker.engine.evaluation import sample_metrics
 from worker.engine.imageset import ImageSet, to_unit_range
 from worker.engine.latents import item_seed
-from worker.engine.runtime import RunContext, configure_threads
+from worker.engine.runtime import RunContext, configure_threads, tune_allocator
 
 UNBOUNDED_EPOCHS = 1000
 UNBOUNDED_STEPS = 1_000_000
@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     families = set(args.families.split(","))
     print(f"torch threads: {configure_threads(args.threads)}", flush=True)
+    tune_allocator()  # as in worker processes
 
     train, test = load_builtin("fashion-mnist", "train"), load_builtin("fashion-mnist", "test")
     if args.train_limit:

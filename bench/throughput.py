@@ -32,7 +32,7 @@ from worker.engine.data import load_builtin
 from worker.engine.images import encode_pngs
 from worker.engine.imageset import ImageSet, to_unit_range
 from worker.engine.latents import item_seed
-from worker.engine.runtime import Progress, RunContext, configure_threads, training_autocast
+from worker.engine.runtime import Progress, RunContext, configure_threads, training_autocast, tune_allocator
 from worker.engine.vae_inference import likelihood_params
 from worker.engine.vae_loss import gaussian_kl, reconstruction_nll, reparameterise
 from worker.outputs import JobOutputs
@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions; medians shown")
     args = parser.parse_args(argv)
     print(f"torch threads: {configure_threads(args.threads)}", flush=True)
+    tune_allocator()  # as in worker processes
     families = args.families.split(",")
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     data = load_builtin("fashion-mnist", "train")

@@ -75,10 +75,12 @@ app.steps["worker"].add(SweeperStep)
 
 @signals.worker_process_init.connect
 def _prepare_pool_process(**_: Any) -> None:
-    """In the pool child: thread count, then the engine (torch) loaded before the first job arrives."""
-    from worker.engine.runtime import configure_threads
+    """In the pool child: thread count and allocator, then the engine (torch) loaded before the first job
+    arrives."""
+    from worker.engine.runtime import configure_threads, tune_allocator
 
     threads = configure_threads(settings.torch_threads or None)
+    tune_allocator()
     import worker.execution
     import worker.runners.edit
     import worker.runners.evaluate

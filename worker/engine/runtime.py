@@ -9,6 +9,8 @@ is spent.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import os
 import time
@@ -82,6 +84,33 @@ def inference_rows(device: torch.device) -> int:
     128, 1.4 s of 64 (the same numbers in every case); the VAE's ELBO of 5,000 images in 1.1-1.3 s in
     passes of 256, 0.62 s of 64. On CUDA, large passes keep the device busy."""
     return 1024 if device.type == "cuda" else 64
+
+
+# glibc mallopt parameters (malloc.h) and the values genq sets in engine processes.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's ceiling for this parameter
+TRIM_THRESHOLD_BYTES = 1 << 30
+
+
+def tune_allocator() -> bool:
+    """Keep freed tensor memory in the process instead of handing it back to the kernel after each step.
+
+    glibc serves blocks above a (dynamic) threshold with mmap and returns them on free, so every training
+    step and inference pass page-faults its activations in again. Serving blocks up to 32 MiB from the
+    heap and trimming it only above 1 GiB free trained the CNN 6-11 % faster at batch 128 and 1024 and
+    the VAE 18-25 % faster at batch 256, with no change at batch 64 (measured, 2 cores, alternating
+    runs). The cost: a process keeps up to its peak memory. False where the C library is not glibc
+    (nothing changed)."""
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        return False
+    return bool(
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    )
 
 
 def configure_threads(threads: int | None = None) -> int:
