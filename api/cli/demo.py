@@ -24,8 +24,9 @@ from api.cli.progress import format_duration
 from api.cli.state import resolve_connection
 
 NUM_CLASSES = 10  # Fashion-MNIST
-# Width 32 on 2 idle cores with bf16 training: 4,452 steps in the default 240 s (measured 2026-11-25; about
-# half that in float32 or on a busy machine), enough for recognisable clothes of every class.
+# Width 32 on 2 idle cores with bf16 training: 4,452 steps in the default 240 s on one host, the full 5,000
+# in 212 s on a faster one (measured 2026-11-25; about half in float32 or on a busy machine), enough for
+# recognisable clothes of every class.
 DEMO_GAN_OPTIONS = {"conditional": True, "latent_dim": 64, "width": 32, "batch_size": 64}
 
 
