@@ -81,7 +81,7 @@ def inference_rows(device: torch.device) -> int:
     Small on CPU: larger passes allocate activations big enough that the allocator maps and unmaps them
     on every pass, and the page faults cost more than the convolutions. Measured on 2 cores, a fresh
     process per setting: CNN features of 10,000 images in 3.2-3.4 s in passes of 1000, 2.0 s of 256 or
-    128, 1.4 s of 64 (the same numbers in every case); the VAE's ELBO of 5,000 images in 1.1-1.3 s in
+    128, 1.4 s of 64 (identical features); the VAE's ELBO of 5,000 images in 1.1-1.3 s in
     passes of 256, 0.62 s of 64. On CUDA, large passes keep the device busy."""
     return 1024 if device.type == "cuda" else 64
 
