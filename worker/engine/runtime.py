@@ -82,7 +82,9 @@ def inference_rows(device: torch.device) -> int:
     on every pass, and the page faults cost more than the convolutions. Measured on 2 cores, a fresh
     process per setting: CNN features of 10,000 images in 3.2-3.4 s in passes of 1000, 2.0 s of 256 or
     128, 1.4 s of 64 (identical features); the VAE's ELBO of 5,000 images in 1.1-1.3 s in
-    passes of 256, 0.62 s of 64. On CUDA, large passes keep the device busy."""
+    passes of 256, 0.62 s of 64. tune_allocator() does not make this moot: blocks above its 32 MiB
+    ceiling are still mapped per pass (CNN features 2.4 s in passes of 1000, 1.2-1.4 s in passes of 64,
+    with it on). On CUDA, large passes keep the device busy."""
     return 1024 if device.type == "cuda" else 64
 
 
