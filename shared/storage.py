@@ -29,6 +29,11 @@ class ObjectNotFound(StorageError):
     pass
 
 
+class StorageUnavailable(StorageError):
+    """The backend could not be reached or kept failing after bounded retries: a transient fault, so
+    the job that hit it goes back to the queue instead of failing for good."""
+
+
 class ObjectStore(Protocol):
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None: ...
     def put_file(self, key: str, path: Path, content_type: str) -> None: ...
