@@ -45,6 +45,8 @@ def progress_view(job: Job, now: dt.datetime | None = None) -> dict[str, Any] | 
         percent = round(max(percent or 0.0, min(100.0, 100.0 * elapsed / budget)), 2)
         left = max(0.0, budget - elapsed)
         eta = round(min(eta, left), 1) if eta is not None else round(left, 1)
+    if job.status == JobStatus.succeeded:  # a time budget may have ended it far short of its step count
+        percent, eta = 100.0, 0.0
     return {
         "phase": progress.get("phase"),
         "step": progress.get("step"),

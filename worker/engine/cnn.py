@@ -223,9 +223,19 @@ def _grid_with_mistakes(images: torch.Tensor, labels: torch.Tensor, predictions:
     return grid_png(rgb, nrow=8)
 
 
-def _compress_history(values: list[float]) -> list[float]:
+def _compress_history(values: list[float]) -> tuple[list[float], list[int]]:
+    """Means over groups of consecutive steps, and the last step of each group (steps count from 1)."""
     group = max(1, math.ceil(len(values) / HISTORY_POINTS))
-    return [sum(values[i : i + group]) / len(values[i : i + group]) for i in range(0, len(values), group)]
+    starts = range(0, len(values), group)
+    means = [sum(values[i : i + group]) / len(values[i : i + group]) for i in starts]
+    return means, [min(i + group, len(values)) for i in starts]
+
+
+def _loss_curve(losses: list[float], resumed_at: list[int]) -> bytes:
+    means, steps = _compress_history(losses)
+    return loss_curve_png(
+        {"loss": means}, steps=steps, resumed_at=resumed_at, y_label="cross-entropy (mean per step group)"
+    )
 
 
 def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | None = None) -> TrainOutput:
@@ -248,6 +258,7 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
     steps_per_epoch = max(1, len(train_set) // batch)  # full batches only: BatchNorm sees equal batches
     total = config.max_steps or config.epochs * steps_per_epoch
     step, history = 0, {"loss": []}
+    resumed_at: list[int] = []  # steps where training picked up after an interruption (the curve marks them)
     if ctx.resume_from is not None:
         state = unpack_checkpoint(ctx.resume_from, map_location=device)
         if state.get("family") != FAMILY:
@@ -256,12 +267,13 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
         optimizer.load_state_dict(state["optimizer"])
         restore_rng(state["rng"], augment_generator)
         step, history, ctx.elapsed_before = state["step"], state["history"], state["elapsed"]
+        resumed_at = [*state.get("resumed_at", []), step]
 
     def make_checkpoint(final: bool = False) -> bytes:
         return pack_checkpoint({
             "family": FAMILY, "config": config.to_dict(), "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "step": step, "rng": capture_rng(augment_generator),
-            "history": history, "elapsed": ctx.elapsed(), "final": final,
+            "history": history, "resumed_at": resumed_at, "elapsed": ctx.elapsed(), "final": final,
         })  # fmt: skip
 
     images_uint8, labels_all = train_set.images, train_set.labels
@@ -305,7 +317,7 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
         checkpoint=make_checkpoint(final=True),
         metrics=metrics,
         sample_grid_png=_grid_with_mistakes(eval_set.images, eval_set.labels, predictions),
-        loss_curve_png=loss_curve_png({"loss": _compress_history(history["loss"])}),
+        loss_curve_png=_loss_curve(history["loss"], resumed_at),
     )
 
 

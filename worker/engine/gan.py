@@ -22,9 +22,10 @@ from shared.specs import GanOptions
 from worker.engine.api import TrainOutput
 from worker.engine.augment import diff_augment
 from worker.engine.gan_nets import Discriminator, Generator
-from worker.engine.images import grid_png, loss_curve_png
+from worker.engine.images import grid_png
 from worker.engine.imageset import ImageSet, to_uint8, to_unit_range
-from worker.engine.latents import in_fixed_blocks, item_seed, latents_for_seeds
+from worker.engine.latents import in_fixed_blocks, item_seed, latents_for_seeds, sample_grid_plan
+from worker.engine.loss_history import LossHistory
 from worker.engine.options import check_generative_data, resolve_conditional, validated_options
 from worker.engine.runtime import (
     ConfigError,
@@ -37,8 +38,6 @@ from worker.engine.runtime import (
 )
 
 FAMILY = "gan"
-GRID_SEEDS = range(64)  # the sample grid: 8x8 fixed seeds, comparable across runs
-HISTORY_POINTS = 1000  # the loss curve keeps at most about this many points
 
 
 @dataclass
@@ -236,9 +235,7 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
     images = data.images.to(device)  # uint8: 47 MB for Fashion-MNIST
     labels = data.labels.to(device) if config.num_classes and data.labels is not None else None
     total = config.total_steps(len(data))
-    every = max(1, total // HISTORY_POINTS)
-    history: dict[str, list[float]] = {"loss_g": [], "loss_d": []}
-    smooth = {"loss_g": 0.0, "loss_d": 0.0}  # debiased moving averages for metrics and the curve
+    history = LossHistory(("loss_g", "loss_d"), total)  # moving averages for metrics and the curve
     step = 0
 
     if ctx.resume_from is not None:
@@ -249,7 +246,9 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
         opt_g.load_state_dict(state["optimizer"]["g"])
         opt_d.load_state_dict(state["optimizer"]["d"])
         restore_rng(state["rng"], noise)
-        step, history, smooth = state["step"], state["history"], state["smooth"]
+        step = state["step"]
+        history.load_state_dict(state["history"])
+        history.resumed(step)
         ctx.elapsed_before = state["elapsed"]
 
     def make_checkpoint() -> bytes:
@@ -264,8 +263,7 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
                 "optimizer": {"g": opt_g.state_dict(), "d": opt_d.state_dict()},
                 "step": step,
                 "rng": capture_rng(noise),
-                "history": history,
-                "smooth": smooth,
+                "history": history.state_dict(),
                 "elapsed": ctx.elapsed(),
                 "data_shape": list(data.images.shape[1:]),
             }
@@ -312,12 +310,7 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
 
         step += 1
         steps_here += 1
-        for name, value in (("loss_g", loss_g.item()), ("loss_d", loss_d.item())):
-            smooth[name] = 0.98 * smooth[name] + 0.02 * value
-        if step % every == 0 or step == total:
-            debias = 1.0 - 0.98**step
-            for name in history:
-                history[name].append(smooth[name] / debias)
+        history.update(step, {"loss_g": loss_g.item(), "loss_d": loss_d.item()})
         rate = steps_here * config.batch_size / max(time.monotonic() - started, 1e-9)
         stop = ctx.step_done(
             step, total, make_checkpoint, loss_g=loss_g.item(), loss_d=loss_d.item(), samples_per_sec=rate
@@ -327,16 +320,16 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
 
     final = make_checkpoint()
     model = load(unpack_checkpoint(final, device), device)
-    k = max(config.num_classes, 1)
-    grid = sample(model, list(GRID_SEEDS), [i % k for i in GRID_SEEDS] if config.num_classes else None)
-    debias = 1.0 - 0.98 ** max(step, 1)
+    seeds, grid_labels, row_names = sample_grid_plan(config.num_classes, config.class_names)
+    grid_png_bytes = grid_png(to_uint8(sample(model, seeds, grid_labels)).cpu(), 8, row_labels=row_names)
+    averages = history.averages()
     metrics = {
         "steps": step,
         "images_seen": step * config.batch_size,
-        "loss_g": smooth["loss_g"] / debias,
-        "loss_d": smooth["loss_d"] / debias,
+        "loss_g": averages["loss_g"],
+        "loss_d": averages["loss_d"],
         "conditional": bool(config.num_classes),
         "samples_per_sec": steps_here * config.batch_size / max(time.monotonic() - started, 1e-9),
         "seconds": ctx.elapsed(),
     }
-    return TrainOutput(final, metrics, grid_png(to_uint8(grid).cpu(), 8), loss_curve_png(history))
+    return TrainOutput(final, metrics, grid_png_bytes, history.png("hinge loss (moving average)"))

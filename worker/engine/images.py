@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -46,22 +47,59 @@ def _as_nhwc(images: torch.Tensor | np.ndarray) -> np.ndarray:
     return array
 
 
-def grid_png(images: torch.Tensor | np.ndarray, nrow: int | None = None) -> bytes:
+DISPLAY_SIDE = 96  # grids show each image about this many pixels wide: 28x28 and 32x32 at 3x, 64x64 at 2x
+LABEL_MARGIN = 8  # pixels between a row's label and its first image
+
+
+def display_scale(side: int) -> int:
+    """Whole-number magnification that shows a `side`-pixel image about DISPLAY_SIDE pixels wide."""
+    return max(1, round(DISPLAY_SIDE / max(side, 1)))
+
+
+def grid_png(
+    images: torch.Tensor | np.ndarray,
+    nrow: int | None = None,
+    *,
+    scale: int | None = None,
+    row_labels: Sequence[str] | None = None,
+) -> bytes:
     """One PNG of all images tiled `nrow` per row (default: a square-ish grid) with 2 px black gutters.
 
-    `images`: uint8 (N, C, H, W) tensor or (N, H, W, C) array."""
+    `images`: uint8 (N, C, H, W) tensor or (N, H, W, C) array. Each image is magnified `scale` times
+    with nearest-neighbour (default: display_scale, so a 28x28 image is 84 pixels wide and its pixels
+    stay sharp squares); `row_labels` are written left of each row (class names, "mask", ...)."""
     array = _as_nhwc(images)
+    factor = display_scale(max(array.shape[1:3])) if scale is None else max(1, int(scale))
+    if factor > 1:
+        array = array.repeat(factor, axis=1).repeat(factor, axis=2)
     n, h, w, c = array.shape
     per_row = max(1, min(nrow or math.ceil(math.sqrt(max(n, 1))), max(n, 1)))
     rows = max(1, math.ceil(n / per_row))
+    font = _font(12)
+    labels = [str(label) for label in row_labels or []][:rows]
+    margin = max((_text_width(label, font) for label in labels), default=0)
+    margin = margin + LABEL_MARGIN if margin else 0
     canvas = np.zeros(
-        (rows * (h + GRID_PADDING) + GRID_PADDING, per_row * (w + GRID_PADDING) + GRID_PADDING, c), np.uint8
+        (rows * (h + GRID_PADDING) + GRID_PADDING, margin + per_row * (w + GRID_PADDING) + GRID_PADDING, c),
+        np.uint8,
     )
     for i in range(n):
         top = GRID_PADDING + (i // per_row) * (h + GRID_PADDING)
-        left = GRID_PADDING + (i % per_row) * (w + GRID_PADDING)
+        left = margin + GRID_PADDING + (i % per_row) * (w + GRID_PADDING)
         canvas[top : top + h, left : left + w] = array[i]
+    if labels:
+        picture = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+        draw = ImageDraw.Draw(picture)
+        for r, label in enumerate(labels):
+            middle = GRID_PADDING + r * (h + GRID_PADDING) + h / 2
+            draw.text((margin - LABEL_MARGIN // 2, middle), label, fill="white", font=font, anchor="rm")
+        canvas = np.asarray(picture).reshape(canvas.shape)
     return encode_png(canvas, compress_level=6)
+
+
+def _text_width(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> int:
+    left, _, right, _ = font.getbbox(text)
+    return math.ceil(right - left)
 
 
 def encode_png(image_hwc_uint8: np.ndarray, compress_level: int = 1) -> bytes:
@@ -158,15 +196,31 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def loss_curve_png(history: dict[str, list[float]], width: int = 640, height: int = 360) -> bytes:
-    """A line chart of each named series against its step index: faint raw values, a smoothed line over
-    them, axes with round-number ticks and a legend. Non-finite values are skipped."""
+def loss_curve_png(
+    history: dict[str, list[float]],
+    *,
+    steps: Sequence[float] | None = None,
+    resumed_at: Sequence[float] = (),
+    y_label: str = "loss",
+    width: int = 640,
+    height: int = 360,
+) -> bytes:
+    """A line chart of each named series against the training step: faint raw values, a smoothed line
+    over them, axes with round-number ticks and names, a legend, and a dashed vertical line at each step
+    where training resumed after an interruption. Non-finite values are skipped.
+
+    `steps[i]` is the step of every series' i-th value (the series are recorded together, every N
+    steps); without it the i-th value is taken to be step i + 1."""
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     font = _font(12)
-    left, right, top, bottom = 64, width - 16, 16, height - 36
+    left, right, top, bottom = 76, width - 16, 16, height - 36
+
+    def step_of(i: int) -> float:
+        return float(steps[i]) if steps is not None and i < len(steps) else float(i + 1)
+
     series = {
-        name: [(i, float(v)) for i, v in enumerate(values) if math.isfinite(float(v))]
+        name: [(step_of(i), float(v)) for i, v in enumerate(values) if math.isfinite(float(v))]
         for name, values in history.items()
     }
     points = [p for values in series.values() for p in values]
@@ -174,7 +228,7 @@ def loss_curve_png(history: dict[str, list[float]], width: int = 640, height: in
         draw.text((left, height // 2), "no loss values recorded", fill="black", font=font)
         return encode_png(np.asarray(image), compress_level=6)
 
-    x_max = max(1, max(i for i, _ in points))
+    x_max = max(1.0, max(x for x, _ in points), *(float(r) for r in resumed_at))
     y_low, y_high = min(v for _, v in points), max(v for _, v in points)
     pad = (y_high - y_low) * 0.05 or abs(y_high) * 0.05 or 1.0
     y_low, y_high = y_low - pad, y_high + pad
@@ -194,7 +248,13 @@ def loss_curve_png(history: dict[str, list[float]], width: int = 640, height: in
         draw.line([(x, bottom), (x, bottom + 4)], fill="black")
         draw.text((x, bottom + 6), _label(tick), fill="black", font=font, anchor="mt")
     draw.line([(left, top), (left, bottom), (right, bottom)], fill="black")
-    draw.text(((left + right) / 2, height - 4), "step", fill="black", font=font, anchor="md")
+    draw.text(((left + right) / 2, height - 4), "training step", fill="black", font=font, anchor="md")
+    _vertical_text(image, y_label, (4, (top + bottom) // 2), font)
+    for resumed in resumed_at:
+        x, _ = to_px(float(resumed), y_low)
+        for y in range(top, int(bottom), 8):  # dashed
+            draw.line([(x, y), (x, min(y + 4, bottom))], fill=(120, 120, 120), width=1)
+        draw.text((x + 3, top), "resumed", fill=(90, 90, 90), font=font, anchor="lt")
 
     for k, (name, values) in enumerate(series.items()):
         if not values:
@@ -213,3 +273,18 @@ def loss_curve_png(history: dict[str, list[float]], width: int = 640, height: in
         draw.line([(right - 130, legend_y + 6), (right - 112, legend_y + 6)], fill=colour, width=3)
         draw.text((right - 106, legend_y), name[:18], fill="black", font=font)
     return encode_png(np.asarray(image), compress_level=6)
+
+
+def _vertical_text(
+    image: Image.Image,
+    text: str,
+    left_middle: tuple[int, int],
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+) -> None:
+    """Write `text` rotated a quarter turn (reading bottom to top), its left edge at x, centred on y."""
+    box = font.getbbox(text)
+    label = Image.new("RGB", (int(box[2]) + 2, int(box[3]) + 2), "white")
+    ImageDraw.Draw(label).text((1, 1), text, fill="black", font=font)
+    label = label.rotate(90, expand=True)
+    x, y = left_middle
+    image.paste(label, (x, max(0, y - label.height // 2)))

@@ -90,3 +90,23 @@ def masked_psnr(restored: torch.Tensor, original: torch.Tensor, mask: torch.Tens
     region = mask.bool().expand_as(original)
     mse = (restored - original)[region].pow(2).mean().item()
     return float("inf") if mse == 0 else 10.0 * torch.log10(torch.tensor(4.0 / mse)).item()
+
+
+GRID_COLUMNS = 8
+GRID_MAX_CLASS_ROWS = 16
+
+
+def sample_grid_plan(
+    num_classes: int, class_names: Sequence[str]
+) -> tuple[list[int], list[int] | None, list[str] | None]:
+    """(seeds, labels, row labels) of a run's sample grid, GRID_COLUMNS images a row.
+
+    Unconditional: 8x8 fixed seeds. Conditional: one row per class (the first 16), named after it, and
+    the same seeds in every row, so each column shows one latent drawn as every class."""
+    if not num_classes:
+        return list(range(GRID_COLUMNS * GRID_COLUMNS)), None, None
+    rows = min(num_classes, GRID_MAX_CLASS_ROWS)
+    seeds = [column for _ in range(rows) for column in range(GRID_COLUMNS)]
+    labels = [row for row in range(rows) for _ in range(GRID_COLUMNS)]
+    names = [str(class_names[row]) if row < len(class_names) else str(row) for row in range(rows)]
+    return seeds, labels, names

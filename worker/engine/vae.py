@@ -20,9 +20,10 @@ import torch
 
 from shared.specs import VaeOptions
 from worker.engine.api import TrainOutput
-from worker.engine.images import grid_png, loss_curve_png
+from worker.engine.images import grid_png
 from worker.engine.imageset import ImageSet, to_uint8, to_unit_range
-from worker.engine.latents import item_seed
+from worker.engine.latents import item_seed, sample_grid_plan
+from worker.engine.loss_history import LossHistory
 from worker.engine.mixture_prior import MixturePrior, fit_mixture
 from worker.engine.options import check_generative_data, resolve_conditional, validated_options
 from worker.engine.runtime import (
@@ -46,8 +47,6 @@ from worker.engine.vae_nets import VAE
 
 FAMILY = "vae"
 __all__ = ["Config", "load", "negative_elbo", "sample", "train"]
-GRID_SEEDS = range(64)  # the sample grid: 8x8 fixed seeds, comparable across runs
-HISTORY_POINTS = 1000  # the loss curve keeps at most about this many points
 
 
 @dataclass
@@ -204,9 +203,7 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
     labels = train_set.labels.to(device) if config.num_classes and train_set.labels is not None else None
     total = config.total_steps(len(train_set))
     warmup = min(config.kl_warmup_steps, total // 2)
-    every = max(1, total // HISTORY_POINTS)
-    history: dict[str, list[float]] = {"negative_elbo": [], "recon": [], "kl": []}
-    smooth = dict.fromkeys(history, 0.0)  # debiased moving averages for the curve
+    history = LossHistory(("negative_elbo", "recon", "kl"), total)  # moving averages for the curve
     step = 0
 
     if ctx.resume_from is not None:
@@ -214,7 +211,9 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         restore_rng(state["rng"], noise)
-        step, history, smooth = state["step"], state["history"], state["smooth"]
+        step = state["step"]
+        history.load_state_dict(state["history"])
+        history.resumed(step)
         ctx.elapsed_before = state["elapsed"]
 
     def make_checkpoint(extra: dict[str, Any] | None = None) -> bytes:
@@ -226,8 +225,7 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
                 "optimizer": optimizer.state_dict(),
                 "step": step,
                 "rng": capture_rng(noise),
-                "history": history,
-                "smooth": smooth,
+                "history": history.state_dict(),
                 "elapsed": ctx.elapsed(),
                 "data_shape": list(data.images.shape[1:]),
                 **(extra or {}),
@@ -260,12 +258,7 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
         step += 1
         steps_here += 1
         values = {"negative_elbo": recon.item() + kl.item(), "recon": recon.item(), "kl": kl.item()}
-        for name, value in values.items():
-            smooth[name] = 0.98 * smooth[name] + 0.02 * value
-        if step % every == 0 or step == total:
-            debias = 1.0 - 0.98**step
-            for name in history:
-                history[name].append(smooth[name] / debias)
+        history.update(step, values)
         rate = steps_here * config.batch_size / max(time.monotonic() - started, 1e-9)
         metrics = {"loss": loss.item(), "recon": values["recon"], "kl": values["kl"], "beta": beta}
         if ctx.step_done(step, total, make_checkpoint, samples_per_sec=rate, **metrics):
@@ -279,8 +272,8 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
     count = min(len(eval_set), config.eval_images)
     eval_labels = eval_set.labels[:count] if config.num_classes and eval_set.labels is not None else None
     terms = elbo_terms(trained, eval_set.images[:count], eval_labels)
-    k = max(config.num_classes, 1)
-    grid = sample(trained, list(GRID_SEEDS), [i % k for i in GRID_SEEDS] if config.num_classes else None)
+    seeds, grid_labels, row_names = sample_grid_plan(config.num_classes, config.class_names)
+    grid_png_bytes = grid_png(to_uint8(sample(trained, seeds, grid_labels)).cpu(), 8, row_labels=row_names)
     pixels = config.channels * config.image_size**2
     metrics_out = {
         f"{eval_name}_negative_elbo": terms["negative_elbo"],
@@ -299,4 +292,4 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
     }
     if config.likelihood == "logistic":
         metrics_out["bits_per_dim"] = terms["negative_elbo"] / (pixels * math.log(2.0))
-    return TrainOutput(final, metrics_out, grid_png(to_uint8(grid).cpu(), 8), loss_curve_png(history))
+    return TrainOutput(final, metrics_out, grid_png_bytes, history.png("nats per image (moving average)"))

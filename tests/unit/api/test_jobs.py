@@ -246,3 +246,19 @@ def test_progress_follows_a_time_budget_that_ends_training_first(
     progress = client.get(f"/v1/jobs/{job.id}", headers=tenant.headers).json["progress"]
     assert 49 <= progress["percent"] <= 52  # half the budget, not 10 / 3000 of the steps
     assert 28 <= progress["eta_seconds"] <= 31
+
+
+def test_a_succeeded_job_is_complete_whatever_its_step_count(
+    client: FlaskClient, tenant: Tenant, session: Session
+) -> None:
+    job = _add_job(  # a 600 s budget ended training 2,216 steps into max_steps=10,000,000
+        session,
+        tenant.id,
+        kind=JobKind.train,
+        params={"family": "gan", "max_seconds": 600, "max_steps": 10_000_000},
+        status=JobStatus.succeeded,
+        started_at=utcnow() - dt.timedelta(seconds=620),
+        progress={"phase": "train", "step": 2216, "total": 10_000_000},
+    )
+    progress = client.get(f"/v1/jobs/{job.id}", headers=tenant.headers).json["progress"]
+    assert progress["percent"] == 100.0 and progress["eta_seconds"] == 0.0

@@ -127,6 +127,7 @@ def test_resumed_run_ends_with_the_same_weights() -> None:
         unpack_checkpoint(resumed.checkpoint)["history"]["loss"]
         == unpack_checkpoint(uninterrupted.checkpoint)["history"]["loss"]
     )
+    assert unpack_checkpoint(resumed.checkpoint)["resumed_at"] == [4]
 
 
 def test_cancel_and_time_budget() -> None:

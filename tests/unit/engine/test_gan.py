@@ -161,7 +161,9 @@ def test_resume_gives_the_same_weights() -> None:
     assert resumed["step"] == 5
     for key in ("generator", "discriminator", "ema", "model"):
         assert_same_tensors(straight[key], resumed[key])
-    assert straight["history"] == resumed["history"]
+    for key in ("series", "steps", "sums"):
+        assert straight["history"][key] == resumed["history"][key]
+    assert straight["history"]["resumed_at"] == [] and resumed["history"]["resumed_at"] == [2]
 
 
 def test_item_depends_only_on_its_seed() -> None:

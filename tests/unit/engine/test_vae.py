@@ -176,7 +176,9 @@ def test_resume_gives_the_same_weights() -> None:
     assert resumed["step"] == full["step"] == 5
     for name, tensor in full["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), name
-    assert full["history"] == resumed["history"]
+    for key in ("series", "steps", "sums"):
+        assert full["history"][key] == resumed["history"][key]
+    assert full["history"]["resumed_at"] == [] and resumed["history"]["resumed_at"] == [2]
 
 
 def test_time_budget_stops_gracefully_and_cancel_raises() -> None:
