@@ -12,7 +12,9 @@ from flask import Flask
 
 from api.auth import install_auth
 from api.context import ApiContext, install
+from api.download_urls import DownloadUrls
 from api.errors import register_error_handlers
+from api.key_cache import KeyCache
 from api.publisher import CeleryPublisher, Publisher
 from api.routes import batches, datasets, health, jobs, models, objects, openapi
 from shared.db import session_factory
@@ -29,14 +31,17 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
     celery = make_celery(settings, name="genq-api")
+    store = make_store(settings)
     install(
         app,
         ApiContext(
             settings=settings,
             sessions=session_factory(settings.sql_url),
-            store=make_store(settings),
+            store=store,
             celery=celery,
             publisher=publisher or CeleryPublisher(celery, settings),
+            keys=KeyCache(settings.api_key_cache_seconds),
+            urls=DownloadUrls(store),
         ),
     )
     install_auth(app)

@@ -7,9 +7,10 @@ import uuid
 
 from flask import Flask, g, request
 
-from api.context import db
+from api.context import api, db
 from api.errors import ApiError
-from shared.tenants import authenticate
+from api.key_cache import KnownKey
+from shared.tenants import authenticate, hash_key
 
 PUBLIC_ENDPOINTS = {"openapi.spec", "objects.download"}
 
@@ -28,13 +29,28 @@ def install_auth(app: Flask) -> None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _unauthorized("send an API key as 'Authorization: Bearer <key>'")
-        session = db()
-        key = authenticate(session, token.strip())
-        session.commit()  # end the lookup's transaction: nothing stays open while a body streams in
-        if key is None:
+        known = _known_key(token.strip())
+        if known is None:
             raise _unauthorized("invalid or revoked API key")
-        g.tenant_id = key.tenant_id
-        g.api_key_id = key.id
+        g.tenant_id = known.tenant_id
+        g.api_key_id = known.id
+
+
+def _known_key(plaintext: str) -> KnownKey | None:
+    """The live key, from this process's cache when it was looked up within the last few seconds."""
+    cache = api().keys
+    key_hash = hash_key(plaintext)
+    known = cache.get(key_hash)
+    if known is not None:
+        return known
+    session = db()
+    key = authenticate(session, plaintext)
+    session.commit()  # end the lookup's transaction: nothing stays open while a body streams in
+    if key is None:
+        return None
+    known = KnownKey(id=key.id, tenant_id=key.tenant_id)
+    cache.put(key_hash, known)
+    return known
 
 
 def tenant_id() -> uuid.UUID:

@@ -11,6 +11,8 @@ from celery import Celery
 from flask import Flask, current_app, g
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.download_urls import DownloadUrls
+from api.key_cache import KeyCache
 from api.publisher import Publisher
 from shared.settings import Settings
 from shared.storage import LocalStore, S3Store
@@ -23,6 +25,8 @@ class ApiContext:
     store: S3Store | LocalStore
     celery: Celery
     publisher: Publisher
+    keys: KeyCache
+    urls: DownloadUrls  # what views mint download URLs with
 
 
 def install(app: Flask, context: ApiContext) -> None:

@@ -7,6 +7,7 @@ from typing import TypeVar
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.base import ExecutableOption
 
 from api.errors import not_found
 from api.validation import parse_id
@@ -21,11 +22,15 @@ NAMES: dict[type, tuple[str, str]] = {
 }
 
 
-def get_owned(session: Session, table: type[Row], raw_id: str, tenant_id: uuid.UUID) -> Row:
-    """The tenant's row with this id (from the URL), or a 404 naming the id."""
+def get_owned(
+    session: Session, table: type[Row], raw_id: str, tenant_id: uuid.UUID, *options: ExecutableOption
+) -> Row:
+    """The tenant's row with this id (from the URL), or a 404 naming the id. `options` load related rows
+    in the same statement (e.g. a job's artifacts)."""
     what, field = NAMES[table]
     row_id = parse_id(raw_id, what, field)
-    row = session.scalar(select(table).where(table.id == row_id, table.tenant_id == tenant_id))
+    query = select(table).where(table.id == row_id, table.tenant_id == tenant_id).options(*options)
+    row = session.scalars(query).unique().one_or_none()
     if row is None:
         raise not_found(what, row_id, field)
     return row

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"  # where the API is reached, for local download URLs
     download_url_ttl_seconds: int = Field(3600, ge=10, le=7 * 86400)
     signing_secret: str = DEV_SECRET
+    # A revoked API key keeps working in an API process for at most this long (0: look keys up every time).
+    api_key_cache_seconds: float = Field(5.0, ge=0, le=300)
 
     # Leases: a worker holds a job for lease_seconds and renews it every heartbeat_seconds. The sweeper
     # requeues expired leases (attempts + 1, up to max_attempts) and republishes lost queued jobs.

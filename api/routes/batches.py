@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, url_for
 
 from api.auth import tenant_id
+from api.conditional import conditional
 from api.context import api, db
 from api.queries import batch_counts, get_owned
 from api.submission import submit_batch
@@ -34,7 +35,7 @@ def create() -> tuple[Response, int, dict[str, str]]:
 
 @bp.get("/<batch_id>")
 def read(batch_id: str) -> Response:
-    return jsonify(_view(get_owned(db(), Batch, batch_id, tenant_id())))
+    return conditional(jsonify(_view(get_owned(db(), Batch, batch_id, tenant_id()))))
 
 
 @bp.post("/<batch_id>/cancel")

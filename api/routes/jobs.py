@@ -6,8 +6,10 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 from sqlalchemy import select
+from sqlalchemy.orm import joinedload
 
 from api.auth import tenant_id
+from api.conditional import conditional
 from api.context import api, db
 from api.pagination import page, page_limit, page_query
 from api.queries import get_owned, queue_position
@@ -22,7 +24,7 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
 def _detail(job: Job) -> dict[str, Any]:
-    return job_view(job, api().store, queue_position(db(), job))
+    return job_view(job, api().urls, queue_position(db(), job))
 
 
 @bp.post("")
@@ -53,7 +55,8 @@ def list_jobs() -> Response:
 
 @bp.get("/<job_id>")
 def read(job_id: str) -> Response:
-    return jsonify(_detail(get_owned(db(), Job, job_id, tenant_id())))
+    job = get_owned(db(), Job, job_id, tenant_id(), joinedload(Job.artifacts))
+    return conditional(jsonify(_detail(job)))
 
 
 @bp.post("/<job_id>/cancel")
