@@ -42,6 +42,17 @@ class Settings(BaseSettings):
     s3_public_endpoint_url: str | None = Field(
         None, description="endpoint used in presigned URLs when clients reach storage by another address"
     )
+    # Every S3 call is bounded: connect and read timeouts, and botocore's retries with backoff
+    # ("standard" or "adaptive" mode, max_attempts tries in all); what still fails is StorageUnavailable
+    # and the job goes back to the queue.
+    s3_connect_timeout_seconds: float = Field(5.0, gt=0, le=300)
+    s3_read_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    s3_max_attempts: int = Field(4, ge=1, le=20)
+    s3_retry_mode: Literal["standard", "adaptive"] = "standard"
+    # `genq admin gc` deletes a finished job's unreferenced objects (failed and canceled jobs' outputs,
+    # checkpoints, stale attempts' uploads) this long after it finished: by then a stale attempt has
+    # noticed its lost lease and stopped uploading.
+    gc_grace_seconds: int = Field(900, ge=0)
     local_storage_dir: Path | None = None
     public_base_url: str = "http://127.0.0.1:8000"  # where the API is reached, for local download URLs
     download_url_ttl_seconds: int = Field(3600, ge=10, le=7 * 86400)
