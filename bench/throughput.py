@@ -143,7 +143,7 @@ def bare_training_rate(family: str, data: ImageSet, batch_size: int, warmup: int
 def genq_generation_rate(model: api.LoadedModel, count: int, chunk: int, workdir: Path) -> float:
     """The worker's bulk path without the network: generate -> PNG -> tar shards + manifest on disk."""
     settings = Settings(data_dir=workdir, storage_backend="local")
-    outputs = JobOutputs(LocalStore(settings), uuid.uuid4(), uuid.uuid4())
+    outputs = JobOutputs(LocalStore(settings), uuid.uuid4(), uuid.uuid4(), attempt=1)
     seeds = [item_seed(0, i) for i in range(count)]
     labels = [i % model.num_classes for i in range(count)] if model.num_classes else None
     start = time.perf_counter()

@@ -57,7 +57,7 @@ def execute(job_id: str, run: Runner, hostname: str | None = None) -> None:
     progress = ProgressWriter(
         _progress_sink(sessions, lease), settings.progress_interval_seconds, keeper.observe
     )
-    outputs = JobOutputs(_store(settings), job.tenant_id, job.id)
+    outputs = JobOutputs(_store(settings), job.tenant_id, job.id, lease.attempt)
     try:
         with tempfile.TemporaryDirectory(prefix="genq-job-") as workdir:
             outcome = run(_job_run(job, lease, settings, sessions, outputs, progress, keeper, Path(workdir)))

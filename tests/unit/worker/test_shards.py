@@ -20,7 +20,7 @@ from worker.shards import ManifestWriter, ShardWriter
 @pytest.fixture()
 def outputs(tmp_path: Path) -> JobOutputs:
     store = LocalStore(Settings(local_storage_dir=tmp_path / "objects"))
-    return JobOutputs(store, uuid.uuid4(), uuid.uuid4())
+    return JobOutputs(store, uuid.uuid4(), uuid.uuid4(), attempt=1)
 
 
 def _members(outputs: JobOutputs, name: str) -> dict[str, bytes]:
