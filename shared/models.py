@@ -151,6 +151,8 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[dt.datetime | None]
     checkpoint_key: Mapped[str | None] = mapped_column(String(1024))  # training: resume point
+    # When `genq admin gc` deleted the finished job's unreferenced objects; None: not yet.
+    outputs_swept_at: Mapped[dt.datetime | None]
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
@@ -171,6 +173,7 @@ class Job(Base):
         Index("ix_jobs_queue_order", "status", "queue", "priority", "created_at"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_batch_status", "batch_id", "status"),
+        Index("ix_jobs_gc", "outputs_swept_at", "finished_at"),
     )
 
 
@@ -190,6 +193,8 @@ class TrainedModel(Base):
     class_names: Mapped[list[Any]] = mapped_column(default=list)
     checkpoint_key: Mapped[str] = mapped_column(String(1024))
     checkpoint_sha256: Mapped[str] = mapped_column(String(64))
+    # Set when a job or `genq admin gc` found the checkpoint gone or damaged: the model's view says so.
+    checkpoint_missing_at: Mapped[dt.datetime | None]
     sample_grid_key: Mapped[str | None] = mapped_column(String(1024))
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)

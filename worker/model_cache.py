@@ -7,20 +7,23 @@ the checkpoint's sha256, a few models at most) makes every job after the first s
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import uuid
 from collections import OrderedDict
 
 import torch
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.models import TrainedModel
+from shared.models import TrainedModel, utcnow
 from shared.specs import Family
-from shared.storage import ObjectStore
+from shared.storage import ObjectNotFound, ObjectStore
 from worker.engine import api as engine
 from worker.engine.api import LoadedModel
 from worker.runners.base import JobError
+
+log = logging.getLogger(__name__)
 
 MAX_CACHED_MODELS = 3
 
@@ -57,21 +60,50 @@ def newest_classifier(
         )
 
 
-def load_model(row: TrainedModel, store: ObjectStore, device: torch.device) -> LoadedModel:
+def load_model(
+    row: TrainedModel, store: ObjectStore, device: torch.device, sessions: sessionmaker[Session] | None = None
+) -> LoadedModel:
+    """The model of a registry row, loaded once per process. A checkpoint that is gone or fails its
+    sha256 is a JobError `checkpoint_missing` (recorded on the row when `sessions` is given, so the model's
+    view says so); an unreachable store raises StorageUnavailable and the job is retried."""
     key = (row.checkpoint_sha256, str(device))
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    checkpoint = store.get_bytes(row.checkpoint_key)
-    if hashlib.sha256(checkpoint).hexdigest() != row.checkpoint_sha256:
-        raise RuntimeError(f"checkpoint of model {row.id} does not match its recorded sha256")
+    try:
+        checkpoint = store.get_bytes(row.checkpoint_key)
+    except ObjectNotFound:
+        checkpoint = None
+    if checkpoint is None or hashlib.sha256(checkpoint).hexdigest() != row.checkpoint_sha256:
+        what = "missing from storage" if checkpoint is None else "damaged (its sha256 does not match)"
+        log.error("model %s: checkpoint %s is %s", row.id, row.checkpoint_key, what)
+        if sessions is not None:
+            mark_checkpoint(sessions, row.id, missing=True)
+        # The message names the model, never the internal object key.
+        raise JobError(
+            "checkpoint_missing",
+            f"model {row.id} ({row.name} v{row.version}): its checkpoint is {what}; train the model again",
+        )
     model = engine.load(checkpoint, device)
+    if sessions is not None and row.checkpoint_missing_at is not None:
+        mark_checkpoint(sessions, row.id, missing=False)  # restored since it was found missing
     with _lock:
         _cache[key] = model
         while len(_cache) > MAX_CACHED_MODELS:
             _cache.popitem(last=False)
     return model
+
+
+def mark_checkpoint(sessions: sessionmaker[Session], model_id: uuid.UUID, missing: bool) -> None:
+    """Record whether the model's checkpoint was found missing (a fact about the model, not fenced on
+    any job): GET /v1/models shows it without asking storage."""
+    with sessions.begin() as session:
+        session.execute(
+            update(TrainedModel)
+            .where(TrainedModel.id == model_id)
+            .values(checkpoint_missing_at=utcnow() if missing else None)
+        )
 
 
 def clear_cache() -> None:

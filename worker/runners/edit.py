@@ -61,14 +61,14 @@ def _classifier(job: JobRun, params: EditParams, dataset: str) -> tuple[LoadedMo
         row = newest_classifier(job.sessions, job.tenant_id, dataset)
         if row is None:
             return None, None
-    return load_model(row, job.store, job.ctx.device), str(row.id)
+    return load_model(row, job.store, job.ctx.device, job.sessions), str(row.id)
 
 
 def run(job: JobRun) -> Outcome:
     params = EditParams.model_validate(job.params)
     row = model_row(job.sessions, job.tenant_id, params.model_id)
     require_generative(row.family)
-    model = load_model(row, job.store, job.ctx.device)
+    model = load_model(row, job.store, job.ctx.device, job.sessions)
     images, labels = source_images(job, params, model) if params.source is not None else (None, None)
     count = len(images) if images is not None else 1
     if params.target_label is not None:

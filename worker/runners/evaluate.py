@@ -29,8 +29,8 @@ def run(job: JobRun) -> Outcome:
                 f"no CNN classifier trained on {row.dataset}: train one (family cnn) or give classifier_id",
             )
         classifier_row = found
-    model = load_model(row, job.store, job.ctx.device)
-    classifier = load_model(classifier_row, job.store, job.ctx.device)
+    model = load_model(row, job.store, job.ctx.device, job.sessions)
+    classifier = load_model(classifier_row, job.store, job.ctx.device, job.sessions)
     # The real images: the data set's test split (all of an upload), as the model sees them.
     real = load_dataset(job, row.dataset, "test", model.image_size, model.channels)
     metrics = json_safe(

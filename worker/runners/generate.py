@@ -60,7 +60,7 @@ def run(job: JobRun) -> Outcome:
     params = GenerateParams.model_validate(job.params)
     row = model_row(job.sessions, job.tenant_id, params.model_id)
     require_generative(row.family)
-    model = load_model(row, job.store, job.ctx.device)
+    model = load_model(row, job.store, job.ctx.device, job.sessions)
     first = params.first_index
     seeds = params.seeds or [item_seed(params.seed, first + i) for i in range(params.count)]
     labels = broadcast_labels(params.labels, params.count)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import uuid
-from functools import partial
 
 import torch
 from sqlalchemy import func, select
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 from shared import job_state
 from shared.models import TrainedModel
 from shared.specs import TrainParams
-from shared.storage import ObjectNotFound
+from shared.storage import ObjectNotFound, StorageError
 from worker.datasets import has_test_split, load_dataset
 from worker.engine import api as engine
 from worker.engine.runtime import Canceled
@@ -22,7 +23,9 @@ from worker.runners.base import JobRun, Outcome
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoints/latest.pt"  # not an artifact: the resume point of a requeued job
+# Not artifacts: the resume points of a requeued job, `checkpoints/step-<step>-<sha256>.pt`.
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_PATTERN = re.compile(r"/checkpoints/step-\d+-([0-9a-f]{64})\.pt$")
 
 
 def run(job: JobRun) -> Outcome:
@@ -37,7 +40,7 @@ def run(job: JobRun) -> Outcome:
 
     ctx = job.ctx
     ctx.resume_from = _resume_point(job)
-    ctx.on_checkpoint = partial(_save_checkpoint, job)
+    ctx.on_checkpoint = CheckpointSaver(job)
     ctx.checkpoint_every_steps = params.checkpoint_every_steps
     ctx.checkpoint_every_seconds = params.checkpoint_every_seconds
     ctx.max_seconds = params.max_seconds
@@ -82,25 +85,60 @@ def run(job: JobRun) -> Outcome:
     return Outcome({"model_id": str(model_id), "metrics": metrics}, record)
 
 
+def checkpoint_name(step: int, sha256: str) -> str:
+    """A resume point's name under the attempt's prefix: unique per step and content-addressed, so a
+    recorded checkpoint is never overwritten and a damaged one is recognised on resume."""
+    return f"{CHECKPOINT_DIR}/step-{step:09d}-{sha256}.pt"
+
+
+def _expected_sha256(key: str) -> str | None:
+    match = CHECKPOINT_PATTERN.search(key)
+    return match.group(1) if match else None
+
+
 def _resume_point(job: JobRun) -> bytes | None:
     if not job.checkpoint_key:
         return None
     try:
         checkpoint = job.store.get_bytes(job.checkpoint_key)
     except ObjectNotFound:
+        log.warning("job %s: its checkpoint is missing; training from the start", job.job_id)
+        return None
+    expected = _expected_sha256(job.checkpoint_key)
+    if expected is not None and hashlib.sha256(checkpoint).hexdigest() != expected:
         log.warning(
-            "job %s: checkpoint %s is missing; training from the start", job.job_id, job.checkpoint_key
+            "job %s: its checkpoint is damaged (sha256 mismatch); training from the start", job.job_id
         )
         return None
     log.info("job %s attempt %d resumes from %s", job.job_id, job.lease.attempt, job.checkpoint_key)
     return checkpoint
 
 
-def _save_checkpoint(job: JobRun, checkpoint: bytes, step: int) -> None:
-    key = job.outputs.key(CHECKPOINT_NAME)
-    job.store.put_bytes(key, checkpoint, "application/octet-stream")
-    with job.sessions.begin() as session:
-        held = job_state.record_checkpoint(session, job.lease, key)
-    if not held:
-        raise Canceled(f"attempt {job.lease.attempt} no longer holds job {job.job_id}")
-    log.debug("job %s: checkpoint at step %d", job.job_id, step)
+class CheckpointSaver:
+    """`ctx.on_checkpoint`: upload under the attempt's prefix, record it fenced on the job row, then delete
+    the checkpoint it supersedes (a requeued job's first save deletes the previous attempt's)."""
+
+    def __init__(self, job: JobRun) -> None:
+        self.job = job
+        self.current = job.checkpoint_key
+
+    def __call__(self, checkpoint: bytes, step: int) -> None:
+        job = self.job
+        key = job.outputs.key(checkpoint_name(step, hashlib.sha256(checkpoint).hexdigest()))
+        job.store.put_bytes(key, checkpoint, "application/octet-stream")
+        with job.sessions.begin() as session:
+            held = job_state.record_checkpoint(session, job.lease, key)
+        if not held:
+            _delete_quietly(job, key)  # referenced by nothing: this attempt no longer holds the job
+            raise Canceled(f"attempt {job.lease.attempt} no longer holds job {job.job_id}")
+        previous, self.current = self.current, key
+        if previous and previous != key:
+            _delete_quietly(job, previous)
+        log.debug("job %s: checkpoint at step %d", job.job_id, step)
+
+
+def _delete_quietly(job: JobRun, key: str) -> None:
+    try:
+        job.store.delete(key)
+    except StorageError as exc:  # left for `genq admin gc`, which deletes what no row references
+        log.warning("job %s: could not delete an old checkpoint now: %s", job.job_id, exc)
