@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,14 @@ class Workers:
         self.started: list[WorkerProcess] = []
         logdir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, wait: bool = True) -> WorkerProcess:
+    def start(
+        self,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+        wrap: Callable[[list[str]], list[str]] | None = None,
+    ) -> WorkerProcess:
+        """`env` overrides this pool's environment for one worker; `wrap` rewrites its command line (the
+        fault suite runs a worker inside a network namespace)."""
         name = f"w{len(self.started) + 1}"
         log = self.logdir / f"{name}.log"
         queues = f"{self.env['GENQ_TRAIN_QUEUE']},{self.env['GENQ_SAMPLE_QUEUE']}"
@@ -102,9 +109,9 @@ class Workers:
         ]  # fmt: skip
         with log.open("wb") as out:
             process = subprocess.Popen(
-                command,
+                wrap(command) if wrap else command,
                 cwd=ROOT,
-                env={**os.environ, **self.env},
+                env={**os.environ, **self.env, **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stop() can reach the pool process too

@@ -1,0 +1,156 @@
+"""Fixtures of the fault suite: the integration suite's real services and workers, plus workers whose
+connections to Postgres, Redis and S3 the test can cut, black-hole or slow (`isolate`).
+
+Every case runs with FAST_RECOVERY (4 s leases, 1 s heartbeats and sweeps); the ones that show that a
+lost message is noticed without waiting for the republish delay raise that delay (LONG_REPUBLISH) so a
+pass cannot come from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from shared.settings import Settings
+from tests.faults.network import Mode, Namespace, TcpProxy, namespaces_unavailable
+from tests.integration import conftest as integration
+from tests.integration.conftest import WorkerProcess, Workers
+
+# The integration suite's fixtures, registered here too: real services, workers, a job client.
+worker_env = integration.worker_env
+worker_settings = integration.worker_settings
+workers = integration.workers
+jobs = integration.jobs
+
+# Longer than any case runs: a job that finishes did not get there by the sweeper's republish-after delay.
+LONG_REPUBLISH = {"GENQ_REQUEUE_AFTER_SECONDS": "600"}
+
+
+def pause(worker: WorkerProcess) -> None:
+    """SIGSTOP the worker's process group: its main process and its pool process freeze mid-step."""
+    os.killpg(worker.process.pid, signal.SIGSTOP)
+
+
+def resume(worker: WorkerProcess) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.process.pid, signal.SIGCONT)
+
+
+def pool_pid(worker: WorkerProcess, timeout: float = 10.0) -> int:
+    """The worker's pool (job) process: its only child."""
+    deadline = time.monotonic() + timeout
+    path = f"/proc/{worker.process.pid}/task/{worker.process.pid}/children"
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), open(path) as listing:
+            children = listing.read().split()
+            if children:
+                return int(children[0])
+        time.sleep(0.1)
+    raise TimeoutError(f"worker {worker.name} has no pool process")
+
+
+@dataclass
+class Isolated:
+    """A network namespace and the three proxies through which a worker inside it reaches the services."""
+
+    ns: Namespace
+    database: TcpProxy
+    broker: TcpProxy
+    storage: TcpProxy
+
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        """The service URLs of `base`, rewritten to go through this namespace's proxies."""
+        database = make_url(base["GENQ_DATABASE_URL"]).set(host=self.database.host, port=self.database.port)
+        broker = urlsplit(base["GENQ_BROKER_URL"])._replace(netloc=self.broker.address)
+        storage = urlsplit(base["GENQ_S3_ENDPOINT_URL"])._replace(netloc=self.storage.address)
+        return {
+            "GENQ_DATABASE_URL": database.render_as_string(hide_password=False),
+            "GENQ_BROKER_URL": urlunsplit(broker),
+            "GENQ_S3_ENDPOINT_URL": urlunsplit(storage),
+        }
+
+    def start(self, pool: Workers, wait: bool = True, **env: str) -> WorkerProcess:
+        """A worker of `pool` inside the namespace, its services behind the proxies."""
+        return pool.start(wait, env={**self.env(pool.env), **env}, wrap=self.ns.command)
+
+    @property
+    def proxies(self) -> tuple[TcpProxy, TcpProxy, TcpProxy]:
+        return (self.database, self.broker, self.storage)
+
+    def set(self, mode: Mode, *proxies: TcpProxy) -> float:
+        """Put `proxies` (default all three) in `mode`; returns time.monotonic() at the change."""
+        for proxy in proxies or self.proxies:
+            proxy.set(mode)
+        return time.monotonic()
+
+    def close(self) -> None:
+        for proxy in self.proxies:
+            proxy.close()
+        self.ns.delete()
+
+
+def _target(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 80
+
+
+@pytest.fixture(scope="session")
+def namespaces() -> None:
+    reason = namespaces_unavailable()
+    if reason:
+        pytest.skip(f"cut-off cases need network namespaces: {reason}")
+
+
+@pytest.fixture()
+def isolate(namespaces: None, workers: Workers, worker_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    """`isolate()` -> an Isolated namespace; its workers are stopped and it is removed at the end."""
+    made: list[Isolated] = []
+
+    def make() -> Isolated:
+        ns = Namespace().create()
+        database = make_url(worker_env["GENQ_DATABASE_URL"])
+        try:
+            isolated = Isolated(
+                ns,
+                TcpProxy(ns.host_ip, database.host or "127.0.0.1", database.port or 5432, "postgres"),
+                TcpProxy(ns.host_ip, *_target(worker_env["GENQ_BROKER_URL"]), "redis"),
+                TcpProxy(ns.host_ip, *_target(worker_env["GENQ_S3_ENDPOINT_URL"]), "s3"),
+            )
+        except BaseException:
+            ns.delete()
+            raise
+        made.append(isolated)
+        return isolated
+
+    try:
+        yield make
+    finally:
+        for worker in workers.started:  # a paused worker would sit out its SIGTERM
+            resume(worker)
+        for isolated in made:
+            isolated.set(Mode.passing)
+        workers.stop_all()
+        for isolated in made:
+            isolated.close()
+
+
+@pytest.fixture()
+def settings(worker_settings: Settings) -> Settings:
+    return worker_settings
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.faults.recovery import MEASURED, report_lines, write_report
+
+    if MEASURED:
+        terminalreporter.section("fault suite: recovery times")
+        for line in report_lines():
+            terminalreporter.write_line(line)
+        write_report()
