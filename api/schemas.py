@@ -3,7 +3,7 @@ these keys (a test checks that they agree); requests are validated by the specs 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -105,6 +105,10 @@ class ModelView(BaseModel):
     config: dict[str, Any]
     training_job_id: str | None
     checkpoint_sha256: str
+    checkpoint: Literal["available", "missing"] = Field(
+        description="missing: the checkpoint is gone from storage or damaged; sampling jobs on this model "
+        "fail with checkpoint_missing until it is trained again"
+    )
     checkpoint_url: str
     sample_grid_url: str | None
     created_at: str

@@ -157,6 +157,8 @@ def model_view(model: TrainedModel, store: ObjectStore) -> dict[str, Any]:
         "config": model.config,
         "training_job_id": str(model.training_job_id) if model.training_job_id else None,
         "checkpoint_sha256": model.checkpoint_sha256,
+        # As last found by a job or `genq admin gc`; the single-model view also asks storage.
+        "checkpoint": "missing" if model.checkpoint_missing_at is not None else "available",
         "checkpoint_url": store.download_url(model.checkpoint_key, f"{stem}.pt"),
         "sample_grid_url": store.download_url(grid, f"{stem}-samples.png") if grid else None,
         "created_at": iso(model.created_at),

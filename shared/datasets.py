@@ -175,6 +175,12 @@ def image_header(stream: Any, name: str) -> tuple[int, int, str]:
             width, height, mode = image.width, image.height, image.mode
             if mode in ("P", "PA") and _grey_palette(image.getpalette()):
                 mode = "L"  # a palette of greys: the image is greyscale
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # PIL refuses (or, under warnings-as-errors, warns about) a header declaring a huge image before
+        # reading any pixels; ours is the stricter limit either way.
+        raise DatasetError(
+            f"{name}: its header declares more than {MAX_IMAGE_PIXELS} pixels (at most {MAX_IMAGE_PIXELS})"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DatasetError(f"{name}: cannot be decoded as an image ({error})") from None
     if width * height > MAX_IMAGE_PIXELS:
@@ -189,12 +195,25 @@ def _grey_palette(palette: list[int] | None) -> bool:
 
 
 def _npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from an .npy member's header, checked against the member's size: a header claiming
+    more data than the member holds is refused here, not when a worker loads it."""
     with archive.open(member) as stream:
         version = np.lib.format.read_magic(stream)
         if version == (1, 0):
             shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
         else:
             shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        header_bytes = stream.tell()
+    if any(not isinstance(n, int) or n < 0 for n in shape):
+        raise ValueError(f"shape {shape}")
+    declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    held = archive.getinfo(member).file_size - header_bytes
+    if declared > held:
+        name = member.removesuffix(".npy")
+        raise DatasetError(
+            f"{name}: the header declares shape {tuple(shape)} ({declared} bytes) but the file holds "
+            f"{max(held, 0)} bytes"
+        )
     return shape, dtype
 
 
@@ -231,7 +250,9 @@ def _inspect_npz(path: Path) -> DatasetSummary:
             raise DatasetError("the .npz has no 'images' array")
         try:
             shape, dtype = _npy_header(archive, "images.npy")
-        except ValueError as error:
+        except DatasetError:
+            raise
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
             raise DatasetError(f"images: unreadable array header ({error})") from None
     if dtype != np.uint8 or len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3)):
         raise DatasetError(f"images: expected uint8 (N, H, W) or (N, H, W, 1|3), got {dtype} {shape}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+import zipfile
 
 import torch
 from sqlalchemy import select
@@ -41,7 +42,13 @@ def load_dataset(
             job.store.download_file(row.object_key, path)
         except ObjectNotFound:
             raise DatasetError(f"dataset {name}: its file is missing from storage") from None
-    images = data.load_upload(path, size, channels)
+    try:
+        images = data.load_upload(path, size, channels)
+    except DatasetError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        # Headers passed the upload check but the content does not hold what they declare.
+        raise DatasetError(f"dataset {name}: its file is damaged ({type(error).__name__})") from None
     images.name = row.name
     return images
 

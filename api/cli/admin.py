@@ -1,5 +1,6 @@
 """Admin commands that talk to the database directly (GENQ_DATABASE_URL, or the SQLite file under
-GENQ_DATA_DIR): tenants, API keys, migrations. Whoever can run these can read the database anyway."""
+GENQ_DATA_DIR): tenants, API keys, migrations, storage gc. Whoever can run these can read the database
+anyway."""
 
 from __future__ import annotations
 
@@ -130,9 +131,30 @@ def cmd_revoke_key(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace, out: TextIO) -> int:
+    """Delete finished jobs' objects that no row references (shared/storage_gc.py)."""
+    from shared.db import session_factory
+    from shared.storage import make_store
+    from shared.storage_gc import collect_garbage
+
+    settings = settings_for(args)
+    grace = settings.gc_grace_seconds if args.grace_seconds is None else args.grace_seconds
+    report = collect_garbage(
+        session_factory(settings.sql_url),
+        make_store(settings),
+        grace_seconds=grace,
+        limit=args.limit,
+        rescan=args.all,
+        dry_run=args.dry_run,
+    )
+    out.write(("dry run: " if args.dry_run else "") + report.summary() + "\n")
+    return 1 if report.failed else 0
+
+
 ADMIN_COMMANDS = {
     "create-tenant": cmd_create_tenant,
     "create-key": cmd_create_key,
     "list-tenants": cmd_list_tenants,
     "revoke-key": cmd_revoke_key,
+    "gc": cmd_gc,
 }

@@ -188,6 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
     admin_sub.add_parser("revoke-key", help="revoke a key by its prefix", parents=[common]).add_argument(
         "prefix"
     )
+    gc = admin_sub.add_parser(
+        "gc",
+        help="delete finished jobs' objects no row references (failed/canceled outputs, checkpoints, "
+        "stale attempts' uploads)",
+        parents=[common],
+    )
+    gc.add_argument(
+        "--grace-seconds", type=float, help="only jobs finished this long ago (GENQ_GC_GRACE_SECONDS)"
+    )
+    gc.add_argument("--limit", type=int, help="at most this many jobs")
+    gc.add_argument("--all", action="store_true", help="sweep already-swept jobs again")
+    gc.add_argument("--dry-run", action="store_true", help="count, delete nothing")
     migrate = sub.add_parser(
         "migrate", help="alembic upgrade head on the configured database", parents=[common]
     )

@@ -84,6 +84,7 @@ def upload() -> tuple[Response, int, dict[str, str]]:
         try:
             store.put_file(dataset.object_key, path, CONTENT_TYPES[summary.format])
         except StorageError as exc:
+            # Unreachable, timing out or (local store) unwritable: the client can retry the same upload.
             log.error("dataset upload failed: %s", exc)
             raise ApiError(503, "storage_unavailable", "object storage is unavailable; retry later") from None
     session = db()
@@ -92,7 +93,10 @@ def upload() -> tuple[Response, int, dict[str, str]]:
         session.commit()
     except Exception:
         session.rollback()
-        store.delete(dataset.object_key)  # no row, so no object either
+        try:
+            store.delete(dataset.object_key)  # no row, so no object either
+        except StorageError as exc:
+            log.error("dataset object left behind after a failed insert: %s", exc)
         raise
     return jsonify(dataset_view(dataset)), 201, {"Location": url_for("datasets.read", dataset_id=dataset.id)}
 

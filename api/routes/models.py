@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+import logging
+
+from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import select
 
 from api.auth import tenant_id
@@ -11,10 +13,13 @@ from api.pagination import page, page_limit, page_query
 from api.queries import get_owned
 from api.validation import query_choice, query_text
 from api.views import model_view
-from shared.models import TrainedModel
+from shared.models import TrainedModel, utcnow
 from shared.specs import Family
+from shared.storage import StorageError, probe_store
 
 bp = Blueprint("models", __name__, url_prefix="/v1/models")
+log = logging.getLogger("genq.api")
+PROBE_EXTENSION = "genq.checkpoint_probe"
 
 
 @bp.get("")
@@ -36,4 +41,23 @@ def list_models() -> Response:
 
 @bp.get("/<model_id>")
 def read(model_id: str) -> Response:
-    return jsonify(model_view(get_owned(db(), TrainedModel, model_id, tenant_id()), api().store))
+    session = db()
+    model = get_owned(session, TrainedModel, model_id, tenant_id())
+    if model.checkpoint_missing_at is None and _checkpoint_gone(model.checkpoint_key):
+        # Recorded, so listings (which never ask storage) say so too.
+        model.checkpoint_missing_at = utcnow()
+        session.commit()
+    return jsonify(model_view(model, api().store))
+
+
+def _checkpoint_gone(key: str) -> bool:
+    """One HEAD through a probe store (about a second at most, no retries): False when storage does not
+    answer, since an outage says nothing about the checkpoint."""
+    store = current_app.extensions.get(PROBE_EXTENSION)
+    if store is None:
+        store = current_app.extensions[PROBE_EXTENSION] = probe_store(api().settings)
+    try:
+        return not store.exists(key)
+    except StorageError as exc:
+        log.warning("checkpoint presence unknown: %s", exc)
+        return False

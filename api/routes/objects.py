@@ -12,7 +12,7 @@ from flask import Blueprint, Response, request, send_file
 
 from api.context import api
 from api.errors import ApiError, not_found
-from shared.storage import LocalStore, StorageError
+from shared.storage import LocalStore, StorageError, safe_filename
 
 bp = Blueprint("objects", __name__, url_prefix="/v1/objects")
 
@@ -37,5 +37,7 @@ def download(key: str) -> Response:
         raise not_found("object", key) from None
     if not path.is_file():
         raise not_found("object", key)
-    filename = request.args.get("filename") or PurePosixPath(key).name
+    # Not covered by the signature, so anything can arrive here: control characters (CR, LF, NUL) and
+    # quotes would break the Content-Disposition header.
+    filename = safe_filename(request.args.get("filename"), PurePosixPath(key).name)
     return send_file(path, as_attachment=True, download_name=filename, max_age=0)
