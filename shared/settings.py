@@ -96,6 +96,14 @@ class Settings(BaseSettings):
     @property
     def sql_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'genq.db').resolve()}"
+    # Observability. Logs: JSON lines carrying job_id, tenant_id, attempt, request_id ("text" for a
+    # terminal). Metrics are for operators: the API serves /metrics only to `Bearer <metrics_token>`
+    # (unset: no /metrics); each worker serves its own on worker_metrics_port (0: off).
+    log_format: Literal["json", "text"] = "json"
+    metrics_token: str | None = Field(None, min_length=16)
+    metrics_sql_cache_seconds: float = Field(5.0, ge=0, description="SQL-derived gauges are this fresh")
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
+
 
     @property
     def storage_dir(self) -> Path:
