@@ -63,7 +63,11 @@ class GanOptions(TrainOptions):
     latent_dim: int = Field(128, ge=2, le=1024)
     width: int = Field(64, ge=8, le=512)
     ema_decay: float = Field(0.999, ge=0, lt=1)
-    diff_augment: bool = Field(False, description="differentiable augmentation for small data sets")
+    diff_augment: bool | None = Field(
+        None,
+        description="differentiable augmentation: true always, false never; default adaptive (it switches "
+        "itself on as the discriminator starts to overfit, as on small data sets: StyleGAN2-ADA)",
+    )
     lr_d: float | None = Field(None, gt=0, le=1.0)
 
 
@@ -212,10 +216,29 @@ PARAMS_BY_KIND: dict[JobKind, type[Spec]] = {
 }
 
 
+WebhookEvent = Literal["started", "progress", "completed"]
+WEBHOOK = "https URL that receives signed events (Standard Webhooks); checked when submitted"
+WEBHOOK_EVENTS = "default: started, completed; progress is sent at most once a second"
+
+
+def _check_webhook(spec: JobSubmission | BatchSubmission) -> None:
+    if spec.webhook_events is not None and spec.webhook is None:
+        raise ValueError("webhook_events: give webhook too")
+
+
 class JobSubmission(Spec):
     kind: JobKind
     params: dict[str, Any]
     priority: int = Field(0, ge=0, le=9, description="higher runs first within a queue")
+    webhook: str | None = Field(None, max_length=2048, description=WEBHOOK)
+    webhook_events: list[WebhookEvent] | None = Field(
+        None, min_length=1, max_length=3, description=WEBHOOK_EVENTS
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> JobSubmission:
+        _check_webhook(self)
+        return self
 
     def parsed_params(self) -> Spec:
         return PARAMS_BY_KIND[self.kind].model_validate(self.params)
@@ -229,9 +252,14 @@ class BatchSubmission(Spec):
     seeds: list[Seed] | None = Field(None, min_length=1, max_length=MAX_BATCH_ITEMS)
     labels: list[Label] | None = Field(None, min_length=1, max_length=MAX_BATCH_ITEMS)
     priority: int = Field(0, ge=0, le=9)
+    webhook: str | None = Field(None, max_length=2048, description=f"{WEBHOOK}; batch events, not per item")
+    webhook_events: list[WebhookEvent] | None = Field(
+        None, min_length=1, max_length=3, description=WEBHOOK_EVENTS
+    )
 
     @model_validator(mode="after")
     def _check(self) -> BatchSubmission:
+        _check_webhook(self)
         if (self.items is None) == (self.template is None):
             raise ValueError("give exactly one of items or template")
         if self.template is not None and self.seeds is None and self.labels is None:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from shared.specs import GanOptions
 from worker.engine.api import TrainOutput
-from worker.engine.augment import diff_augment
+from worker.engine.augment import AdaptiveProbability, diff_augment, overfitting
 from worker.engine.gan_nets import Discriminator, Generator
 from worker.engine.images import grid_png
 from worker.engine.imageset import ImageSet, to_uint8, to_unit_range
@@ -51,7 +51,7 @@ class Config:
     latent_dim: int = 128
     width: int = 64
     ema_decay: float = 0.999
-    diff_augment: bool = False
+    diff_augment: bool | None = None  # True: always; False: never; None: adaptive (ADA, see augment.py)
     lr_d: float | None = None  # discriminator; None: same as lr
     # Derived from the data.
     image_size: int = 28
@@ -63,6 +63,7 @@ class Config:
     default_steps: int = 5000
     betas: tuple[float, float] = (0.0, 0.9)  # measured better than (0.5, 0.999) here
     class_loss_weight: float = 0.5  # conditional: auxiliary classification loss (see gan_nets)
+    upsample: str = "transposed"  # the generator's doubling stages (gan_nets.upsampling_stage)
 
     @classmethod
     def from_options(cls, options: dict[str, Any], data: ImageSet) -> Config:
@@ -83,6 +84,7 @@ class Config:
         values = {k: v for k, v in values.items() if k in names}
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
+        values.setdefault("upsample", "transposed")  # checkpoints from before the choice existed
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,7 +113,14 @@ def hinge_g_loss(fake_scores: torch.Tensor) -> torch.Tensor:
 
 
 def build_generator(config: Config) -> Generator:
-    return Generator(config.latent_dim, config.width, config.image_size, config.channels, config.num_classes)
+    return Generator(
+        config.latent_dim,
+        config.width,
+        config.image_size,
+        config.channels,
+        config.num_classes,
+        config.upsample,
+    )
 
 
 def build_discriminator(config: Config) -> Discriminator:
@@ -236,6 +245,7 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
     labels = data.labels.to(device) if config.num_classes and data.labels is not None else None
     total = config.total_steps(len(data))
     history = LossHistory(("loss_g", "loss_d"), total)  # moving averages for metrics and the curve
+    ada = AdaptiveProbability(1.0 if config.diff_augment else 0.0)  # only moves when diff_augment is None
     step = 0
 
     if ctx.resume_from is not None:
@@ -249,6 +259,7 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
         step = state["step"]
         history.load_state_dict(state["history"])
         history.resumed(step)
+        ada.p = state["augment_p"]
         ctx.elapsed_before = state["elapsed"]
 
     def make_checkpoint() -> bytes:
@@ -264,13 +275,14 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
                 "step": step,
                 "rng": capture_rng(noise),
                 "history": history.state_dict(),
+                "augment_p": ada.p,
                 "elapsed": ctx.elapsed(),
                 "data_shape": list(data.images.shape[1:]),
             }
         )
 
     def augment(x: torch.Tensor) -> torch.Tensor:
-        return diff_augment(x, noise) if config.diff_augment else x
+        return diff_augment(x, noise, ada.p)
 
     started, steps_here = time.monotonic(), 0
     autocast = training_autocast(device, ctx.mixed_precision)
@@ -288,6 +300,9 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
                 augment(torch.cat([real, fake.detach()])), both_labels
             )
             loss_d = hinge_d_loss(scores[: len(real)].float(), scores[len(real) :].float())
+            real_sign = overfitting(scores[: len(real)])
+            if config.diff_augment is None:
+                ada.update(scores[: len(real)])
             if logits is not None:  # the class head learns from real images only
                 loss_d = loss_d + config.class_loss_weight * F.cross_entropy(
                     logits[: len(real)].float(), y_labels
@@ -313,8 +328,9 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
         history.update(step, {"loss_g": loss_g.item(), "loss_d": loss_d.item()})
         rate = steps_here * config.batch_size / max(time.monotonic() - started, 1e-9)
         stop = ctx.step_done(
-            step, total, make_checkpoint, loss_g=loss_g.item(), loss_d=loss_d.item(), samples_per_sec=rate
-        )
+            step, total, make_checkpoint, loss_g=loss_g.item(), loss_d=loss_d.item(), samples_per_sec=rate,
+            augment_p=ada.p, real_sign=real_sign,
+        )  # fmt: skip
         if stop:
             break
 
@@ -329,6 +345,7 @@ def train(config: Config, data: ImageSet, ctx: RunContext, holdout: ImageSet | N
         "loss_g": averages["loss_g"],
         "loss_d": averages["loss_d"],
         "conditional": bool(config.num_classes),
+        "augment_p": ada.p,
         "samples_per_sec": steps_here * config.batch_size / max(time.monotonic() - started, 1e-9),
         "seconds": ctx.elapsed(),
     }

@@ -59,10 +59,40 @@ class ConditionalBatchNorm2d(nn.Module):
         return x * self.gain(y)[:, :, None, None] + self.shift(y)[:, :, None, None]
 
 
+UPSAMPLING = ("transposed", "resize")
+
+
+def upsampling_stage(channels_in: int, channels_out: int, kind: str) -> nn.Module:
+    """A stage that doubles the side.
+
+    "transposed": a 4x4 stride-2 transposed convolution, 4 multiply-adds per output pixel and input
+    channel; its kernel overlaps unevenly (each output pixel sums 4 of 16 taps in one of four phase
+    patterns), which shows as a checkerboard where training has not evened the phases out.
+    "resize": nearest-neighbour doubling then a 3x3 convolution (Odena et al., 2016, "Deconvolution
+    and checkerboard artifacts"): every output pixel sees the same taps, so no checkerboard, at 9
+    multiply-adds per output pixel and input channel."""
+    if kind == "transposed":
+        return nn.ConvTranspose2d(channels_in, channels_out, 4, 2, 1, bias=False)
+    if kind == "resize":
+        return nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(channels_in, channels_out, 3, 1, 1, bias=False),
+        )
+    raise ValueError(f"upsampling must be one of {UPSAMPLING}, got {kind!r}")
+
+
 class Generator(nn.Module):
     """z (B, latent_dim) [+ class vector (B, K)] -> images (B, C, S, S) in [-1, 1]."""
 
-    def __init__(self, latent_dim: int, width: int, image_size: int, channels: int, num_classes: int) -> None:
+    def __init__(
+        self,
+        latent_dim: int,
+        width: int,
+        image_size: int,
+        channels: int,
+        num_classes: int,
+        upsample: str = "transposed",
+    ) -> None:
         super().__init__()
         self.latent_dim, self.image_size, self.channels = latent_dim, image_size, channels
         self.num_classes = num_classes
@@ -72,11 +102,7 @@ class Generator(nn.Module):
         # few hundred steps (through the BatchNorm gains alone it takes thousands); still linear in y.
         self.project = nn.Linear(latent_dim + num_classes, chans[0] * self.s0 * self.s0, bias=False)
         self.norms = nn.ModuleList([ConditionalBatchNorm2d(c, num_classes) for c in chans])
-        # Transposed 4x4 stride-2 convolutions: a doubling stage at 4 multiply-adds per output pixel
-        # and input channel (upsample + 3x3 conv costs 9), which matters on CPU.
-        self.ups = nn.ModuleList(
-            [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False) for a, b in itertools.pairwise(chans)]
-        )
+        self.ups = nn.ModuleList([upsampling_stage(a, b, upsample) for a, b in itertools.pairwise(chans)])
         self.to_image = nn.Conv2d(chans[-1], channels, 3, 1, 1)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
