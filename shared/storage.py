@@ -153,7 +153,7 @@ class S3Store:
             read_timeout=read_timeout or settings.s3_read_timeout_seconds,
             retries={
                 "mode": settings.s3_retry_mode,
-                "max_attempts": max_attempts or settings.s3_max_attempts,
+                "total_max_attempts": max_attempts or settings.s3_max_attempts,  # tries in all
             },
         )
         common: dict[str, Any] = dict(
