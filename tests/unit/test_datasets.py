@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +149,49 @@ def test_module_does_not_import_torch() -> None:
     subprocess.run(
         [sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2], timeout=60
     )
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height greyscale pixels and holds none (a decompression bomb's
+    header: PIL reads the size before any pixel)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    "side",
+    [
+        20_000,  # 400 M pixels: PIL raises DecompressionBombError
+        10_000,  # 100 M pixels: PIL warns (an error under warnings-as-errors)
+        5_000,  # 25 M pixels: under PIL's limits, over ours
+    ],
+)
+def test_png_declaring_too_many_pixels_is_refused_by_name(tmp_path: Path, side: int) -> None:
+    upload = make_zip(tmp_path / "bomb.zip", {"ok.png": png_bytes(), "bomb.png": png_header_only(side, side)})
+    with pytest.raises(DatasetError, match=r"bomb\.png: .*pixels"):
+        inspect_upload(upload)
+
+
+def npz_with_lying_header(path: Path, shape: tuple[int, ...], payload: bytes) -> Path:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("images.npy", header.getvalue() + payload)
+    return path
+
+
+def test_npz_header_claiming_more_images_than_it_holds_is_refused(tmp_path: Path) -> None:
+    lying = npz_with_lying_header(tmp_path / "lying.npz", (200_000, 28, 28), bytes(346))
+    with pytest.raises(
+        DatasetError, match=r"images: the header declares shape \(200000, 28, 28\).* 346 bytes"
+    ):
+        inspect_upload(lying)
+    # The same header over the data it declares is fine.
+    honest = npz_with_lying_header(tmp_path / "honest.npz", (3, 28, 28), bytes(3 * 28 * 28))
+    assert inspect_upload(honest).count == 3
