@@ -1,12 +1,32 @@
-"""Engines and sessions: one engine per process, short transactions everywhere."""
+"""Engines and sessions: one engine per process, short transactions everywhere.
+
+A server database is reached with bounded waits, so a database that is down or cut off shows up as an
+`OperationalError` within seconds instead of a call that hangs (see `SERVER_CONNECT_ARGS`): the worker
+then hands its message back or requeues its job (`worker.failures`), and `/readyz` says so.
+"""
 
 from __future__ import annotations
 
 import threading
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
+
+CONNECT_TIMEOUT_SECONDS = 5
+# genq's own statements are short (single-row UPDATEs, paged reads); one running longer is stuck on a
+# lock or a sick server. Applied to the application's engines, not to migrations (`make_engine` alone).
+STATEMENT_TIMEOUT_SECONDS = 30
+SERVER_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT_SECONDS,  # libpq: a refused or black-holed connect ends here
+    # A peer that vanished mid-connection (cut link, dropped packets): TCP keepalives notice an idle one,
+    # and tcp_user_timeout fails a statement whose bytes go unacknowledged for this long (libpq >= 12).
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
@@ -20,12 +40,29 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, statement_timeout_seconds: float | None = None, **kwargs: Any) -> Engine:
+    """An engine with bounded waits. `statement_timeout_seconds`: a server-side cap on every statement
+    (Postgres `statement_timeout`); None for none (migrations may rewrite large tables)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, **kwargs)
+    connect_args = dict(SERVER_CONNECT_ARGS)
+    if statement_timeout_seconds and url.startswith("postgresql"):
+        connect_args["options"] = f"-c statement_timeout={int(statement_timeout_seconds * 1000)}"
+    elif not url.startswith("postgresql"):
+        connect_args = {}  # the options above are libpq's
+    # pre-ping: a pooled connection that died while idle (database restart, failover) is replaced on
+    # checkout instead of failing the first statement; the pool's own wait is bounded too.
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        pool_timeout=CONNECT_TIMEOUT_SECONDS,
+        connect_args=connect_args,
+        **kwargs,
+    )
 
 
 _engines: dict[str, Engine] = {}
@@ -40,7 +77,7 @@ def engine_for(url: str) -> Engine:
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = _engines[url] = make_engine(url)
+            engine = _engines[url] = make_engine(url, STATEMENT_TIMEOUT_SECONDS)
         return engine
 
 
@@ -63,3 +100,9 @@ def dispose_engines(url: str | None = None) -> None:
 
 def session_factory(url: str) -> sessionmaker[Session]:
     return sessionmaker(bind=engine_for(url), expire_on_commit=False)
+
+
+def ping_database(url: str) -> None:
+    """`SELECT 1` on the engine for `url`; raises (OperationalError, ...) when it does not answer."""
+    with engine_for(url).connect() as connection:
+        connection.execute(text("SELECT 1"))

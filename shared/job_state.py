@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from shared.models import Batch, Job, JobStatus, utcnow
 from shared.specs import JobKind
+from shared.webhooks import emits
 
 ACTIVE_STATUSES = (JobStatus.running, JobStatus.canceling)
 
@@ -40,6 +41,7 @@ class PublishTarget:
     job_id: uuid.UUID
     kind: JobKind
     priority: int
+    published_at: dt.datetime | None = None  # when its last message was sent (None: never)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ def cancel_batch(session: Session, batch_id: uuid.UUID) -> None:
 # Worker transitions
 
 
+@emits("started")
 def claim_job(session: Session, job_id: uuid.UUID, owner: str, lease_seconds: float) -> Job | None:
     """queued -> running for one new attempt. None when the job is not queued (a second delivery of a
     running or finished job, a canceled job, an unknown id): the caller then does nothing."""
@@ -133,6 +136,7 @@ def renew_lease(session: Session, lease: Lease, lease_seconds: float) -> JobStat
     ).scalar()
 
 
+@emits("progress")
 def write_progress(session: Session, lease: Lease, progress: dict[str, Any]) -> JobStatus | None:
     """Store the progress document; returns the status like `renew_lease` (the cancel flag rides along)."""
     return session.execute(
@@ -145,6 +149,7 @@ def record_checkpoint(session: Session, lease: Lease, key: str) -> bool:
     return _changed(session, update(Job).where(_held(lease)).values(checkpoint_key=key))
 
 
+@emits("completed")
 def _finish(session: Session, lease: Lease, status: JobStatus, **values: Any) -> bool:
     now = utcnow()
     statement = (
@@ -166,6 +171,35 @@ def finish_failed(session: Session, lease: Lease, code: str, message: str) -> bo
 
 def finish_canceled(session: Session, lease: Lease) -> bool:
     return _finish(session, lease, JobStatus.canceled)
+
+
+def release_for_retry(session: Session, lease: Lease, max_attempts: int) -> JobStatus | None:
+    """An infrastructure fault interrupted this attempt: running -> queued again, as the sweeper does for
+    an expired lease (attempts kept: the next claim counts the next one; published_at cleared: the sweeper
+    publishes it after its grace, which is the retry's backoff). A job already asked to cancel goes
+    canceled instead. None when this attempt no longer holds the job or has used the last attempt (the
+    caller then fails it, fenced as ever)."""
+    now = utcnow()
+    if _changed(
+        session,
+        update(Job)
+        .where(_held(lease), Job.status == JobStatus.canceling)
+        .values(status=JobStatus.canceled, lease_expires_at=None, finished_at=now, updated_at=now),
+    ):
+        return JobStatus.canceled
+    requeued = _changed(
+        session,
+        update(Job)
+        .where(_held(lease), Job.status == JobStatus.running, Job.attempts < max_attempts)
+        .values(
+            status=JobStatus.queued,
+            lease_owner=None,
+            lease_expires_at=None,
+            published_at=None,
+            updated_at=now,
+        ),
+    )
+    return JobStatus.queued if requeued else None
 
 
 def _changed(session: Session, statement: Any) -> bool:
@@ -241,12 +275,13 @@ def find_lost_queued(
 ) -> list[PublishTarget]:
     """Queued jobs that may have no message behind them: published longer ago than
     `republish_after_seconds`, or never published and untouched for `unpublished_grace_seconds` (the API
-    commits the row before it publishes). Oldest first. The caller checks the broker before republishing."""
+    commits the row before it publishes). Oldest first. The caller checks the broker before republishing;
+    a caller that can see every message the broker holds passes a short `republish_after_seconds`."""
     now = now or utcnow()
     stale = now - dt.timedelta(seconds=republish_after_seconds)
     grace = now - dt.timedelta(seconds=unpublished_grace_seconds)
     rows = session.execute(
-        select(Job.id, Job.kind, Job.priority)
+        select(Job.id, Job.kind, Job.priority, Job.published_at)
         .where(
             Job.status == JobStatus.queued,
             _in_queues(queues),
@@ -258,7 +293,7 @@ def find_lost_queued(
         .order_by(Job.created_at)
         .limit(limit)
     ).all()
-    return [PublishTarget(row.id, row.kind, row.priority) for row in rows]
+    return [PublishTarget(row.id, row.kind, row.priority, row.published_at) for row in rows]
 
 
 def _in_queues(queues: Sequence[str] | None) -> ColumnElement[bool]:

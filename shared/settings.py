@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     requeue_after_seconds: int = Field(300, ge=1, description="republish a queued job older than this")
     max_attempts: int = Field(3, ge=1, le=100)
     progress_interval_seconds: float = Field(0.5, gt=0)
+    # A queued job whose message left this long ago and is neither waiting in the broker nor held by a
+    # worker lost its message (a flushed broker): the sweeper publishes it again.
+    publish_grace_seconds: int = Field(10, ge=1)
+    # How often a worker pings its database; it stops consuming while the pings fail.
+    database_check_seconds: float = Field(2.0, gt=0)
 
     # Uploads
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024)

@@ -14,6 +14,8 @@ Why these settings:
   job returns, so queued work waits in Redis for whichever GPU frees up first, and a worker that dies
   mid-job leaves its message unacknowledged. The SQL row is the truth either way: the sweeper requeues
   a job whose lease expired and republishes queued jobs with no message in the broker.
+- a worker whose database does not answer hands each message back (`worker.tasks`) and stops consuming
+  until a ping succeeds again (`ConsumerGateStep`, `worker.consumer_gate`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from typing import Any
 from celery import Celery, bootsteps, signals
 from kombu import Exchange, Queue
 
+# Celery signal receivers, connected on import: JSON logs with job ids; job metrics and their server.
+import worker.logs
+import worker.metrics  # noqa: F401
 from shared.queue import make_celery
 from shared.settings import get_settings
 
@@ -71,6 +76,54 @@ class SweeperStep(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(SweeperStep)
+
+GATE_PING_TIMEOUT_SECONDS = 10.0  # a ping still unanswered after this long counts as failed
+
+
+class ConsumerGateStep(bootsteps.StartStopStep):
+    """Stops consuming while the database does not answer (see `worker.consumer_gate`). In the consumer
+    blueprint, after the task consumer exists; it survives consumer restarts (a broker reconnection)."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.gate: Any = None
+        self.pinger: Any = None
+        self.timer_entry: Any = None
+
+    def start(self, c: Any) -> None:
+        from shared.db import ping_database
+        from worker.consumer_gate import ConsumerGate, DatabasePinger
+
+        if self.gate is None:
+            self.gate = ConsumerGate(
+                sorted(c.app.amqp.queues.consume_from),
+                c.cancel_task_queue,
+                c.add_task_queue,
+                timeout=GATE_PING_TIMEOUT_SECONDS,
+            )
+            self.pinger = DatabasePinger(
+                self.gate, lambda: ping_database(settings.sql_url), settings.database_check_seconds
+            )
+            self.pinger.ping_once()  # before the first message reaches the pool
+            self.pinger.start()
+        self.gate.pause, self.gate.resume = c.cancel_task_queue, c.add_task_queue
+        self.gate.apply()
+        self.timer_entry = c.timer.call_repeatedly(settings.database_check_seconds, self.gate.apply)
+
+    def stop(self, c: Any) -> None:
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+            self.timer_entry = None
+
+    def shutdown(self, c: Any) -> None:
+        self.stop(c)
+        if self.pinger is not None:
+            self.pinger.stop()
+
+
+app.steps["consumer"].add(ConsumerGateStep)
 
 
 @signals.worker_process_init.connect

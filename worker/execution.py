@@ -9,32 +9,38 @@ import logging
 import os
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import job_state
-from shared.datasets import DatasetError
 from shared.db import session_factory
 from shared.job_state import Lease
+from shared.logging import bind_log_context
 from shared.models import Job, JobStatus
 from shared.settings import Settings, get_settings
 from shared.storage import ObjectStore, make_store
-from worker.engine.runtime import Canceled, ConfigError, RunContext, pick_device
+from worker.engine.runtime import Canceled, RunContext, pick_device
+from worker.failures import Failure, classify, is_database_fault
 from worker.lease import LeaseKeeper
 from worker.outputs import JobOutputs
 from worker.progress import ProgressWriter
-from worker.runners.base import JobError, JobRun, Outcome
+from worker.runners.base import JobRun, Outcome
 
 log = logging.getLogger(__name__)
 
 Runner = Callable[[JobRun], Outcome]
 RECORD_TRIES = 3  # registry versions are "next per name": a concurrent insert means try again
+
+
+class ClaimUnavailable(Exception):
+    """The claim could not reach the database. The task hands its message back to the broker (another
+    worker, or this one once its database answers, takes it): a claim that never ran must not consume it."""
 
 
 def execute(job_id: str, run: Runner, hostname: str | None = None) -> None:
@@ -46,34 +52,112 @@ def execute(job_id: str, run: Runner, hostname: str | None = None) -> None:
     except ValueError:
         log.error("message with a malformed job id %r dropped", job_id)
         return
-    with sessions.begin() as session:
-        job = job_state.claim_job(session, job_uuid, owner, settings.lease_seconds)
+    granted_at = time.monotonic()  # the lease runs from before the claim is sent: a safe lower bound
+    try:
+        with sessions.begin() as session:
+            job = job_state.claim_job(session, job_uuid, owner, settings.lease_seconds)
+    except Exception as error:
+        if is_database_fault(error):
+            raise ClaimUnavailable(f"job {job_id}: the claim could not reach the database") from error
+        raise
     if job is None:
         log.info("job %s is not queued (repeated delivery, canceled or finished): nothing to do", job_id)
         return
     lease = job_state.lease_of(job)
+    bind_log_context(tenant_id=job.tenant_id, attempt=lease.attempt)  # on every log line of this attempt
     log.info("job %s (%s) attempt %d started by %s", job.id, job.kind, lease.attempt, owner)
-    keeper = LeaseKeeper(sessions, lease, settings.lease_seconds, settings.heartbeat_seconds).start()
+    keeper = LeaseKeeper(
+        sessions, lease, settings.lease_seconds, settings.heartbeat_seconds, granted_at=granted_at
+    ).start()
     progress = ProgressWriter(
-        _progress_sink(sessions, lease), settings.progress_interval_seconds, keeper.observe
+        _progress_sink(sessions, lease),
+        settings.progress_interval_seconds,
+        keeper.observe,
+        on_error=keeper.write_failed,
     )
     outputs = JobOutputs(_store(settings), job.tenant_id, job.id, lease.attempt)
     try:
-        with tempfile.TemporaryDirectory(prefix="genq-job-") as workdir:
-            outcome = run(_job_run(job, lease, settings, sessions, outputs, progress, keeper, Path(workdir)))
+        ending = _run(job, lease, settings, sessions, outputs, progress, keeper, run)
+        keeper.should_stop()  # brings the lease deadline up to date
+        if keeper.lost:
+            # Another attempt may hold the job (or will, once the sweeper sees the lease expired): this
+            # attempt's outputs are left unrecorded, under its own keys, for storage cleanup.
+            log.warning(
+                "job %s attempt %d lost its lease (%s); its outcome (%s) and outputs are discarded",
+                lease.job_id,
+                lease.attempt,
+                keeper.lost_reason,
+                ending.what,
+            )
+            return
         progress.flush()
-        _finish(sessions, lease, lambda s: _record_success(s, lease, outcome, outputs), "succeeded")
-    except Canceled:
-        progress.flush()
-        _finish(sessions, lease, lambda s: job_state.finish_canceled(s, lease), "canceled")
-    except Exception as error:
-        code, message = _failure(error)
-        progress.flush()
-        _finish(
-            sessions, lease, lambda s: job_state.finish_failed(s, lease, code, message), f"failed ({code})"
-        )
+        _finish(sessions, lease, ending)
     finally:
         keeper.stop()
+
+
+class _Ending:
+    """How the attempt ended, and the fenced write that records it (returns what happened, or None when
+    the attempt no longer holds the job)."""
+
+    def __init__(self, what: str, write: Callable[[Session], str | None]) -> None:
+        self.what = what
+        self.write = write
+
+
+def _run(
+    job: Job,
+    lease: Lease,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    outputs: JobOutputs,
+    progress: ProgressWriter,
+    keeper: LeaseKeeper,
+    run: Runner,
+) -> _Ending:
+    try:
+        with tempfile.TemporaryDirectory(prefix="genq-job-") as workdir:
+            outcome = run(_job_run(job, lease, settings, sessions, outputs, progress, keeper, Path(workdir)))
+    except Canceled:
+        return _Ending("canceled", lambda s: "canceled" if job_state.finish_canceled(s, lease) else None)
+    except Exception as error:
+        failure = classify(error)
+        if failure.transient:
+            log.warning(
+                "job %s attempt %d interrupted by an infrastructure fault (%s: %s)",
+                lease.job_id,
+                lease.attempt,
+                type(error).__name__,
+                str(error).splitlines()[0] if str(error) else "",
+            )
+            return _Ending(
+                f"interrupted ({failure.code})",
+                lambda s: _release_or_fail(s, lease, failure, settings.max_attempts),
+            )
+        return _Ending(
+            f"failed ({failure.code})",
+            lambda s: (
+                f"failed ({failure.code})"
+                if job_state.finish_failed(s, lease, failure.code, failure.message)
+                else None
+            ),
+        )
+    return _Ending(
+        "succeeded",
+        lambda s: "succeeded" if _record_success(s, lease, outcome, outputs) else None,
+    )
+
+
+def _release_or_fail(session: Session, lease: Lease, failure: Failure, max_attempts: int) -> str | None:
+    """Back to the queue while attempts are left (the sweeper publishes it again), else failed."""
+    status = job_state.release_for_retry(session, lease, max_attempts)
+    if status == JobStatus.queued:
+        return f"requeued after {failure.code} (attempt {lease.attempt} of {max_attempts})"
+    if status == JobStatus.canceled:
+        return "canceled"
+    if job_state.finish_failed(session, lease, failure.code, failure.message):
+        return f"failed ({failure.code}, attempts exhausted)"
+    return None
 
 
 _cached_store: tuple[Settings, ObjectStore] | None = None
@@ -128,30 +212,6 @@ def _progress_sink(
     return write
 
 
-def validation_message(error: ValidationError) -> str:
-    """'field.path: what is wrong' per problem (a model-level check names its field in its message)."""
-    problems = []
-    for problem in error.errors():
-        where = ".".join(map(str, problem["loc"]))
-        what = problem["msg"].removeprefix("Value error, ")
-        problems.append(f"{where}: {what}" if where else what)
-    return "; ".join(problems)
-
-
-def _failure(error: Exception) -> tuple[str, str]:
-    """(error code, message for the user). Deterministic errors are not retried: they would fail again."""
-    if isinstance(error, JobError):
-        return error.code, error.message
-    if isinstance(error, ValidationError):
-        return "invalid_params", validation_message(error)
-    if isinstance(error, ConfigError):
-        return "invalid_params", str(error)
-    if isinstance(error, DatasetError):
-        return "invalid_dataset", str(error)
-    log.exception("job failed with an unexpected error")
-    return "internal_error", f"{type(error).__name__}: {error}"[:300]
-
-
 def _record_success(session: Session, lease: Lease, outcome: Outcome, outputs: JobOutputs) -> bool:
     # The fenced finish first: when this attempt no longer holds the job nothing else is written.
     if not job_state.finish_succeeded(session, lease, outcome.result):
@@ -162,20 +222,33 @@ def _record_success(session: Session, lease: Lease, outcome: Outcome, outputs: J
     return True
 
 
-def _finish(
-    sessions: sessionmaker[Session], lease: Lease, write: Callable[[Session], bool], what: str
-) -> None:
+def _finish(sessions: sessionmaker[Session], lease: Lease, ending: _Ending) -> None:
     for attempt in range(RECORD_TRIES):
         try:
             with sessions.begin() as session:
-                done = write(session)
+                done = ending.write(session)
             break
         except IntegrityError:
             if attempt == RECORD_TRIES - 1:
                 raise
-    if done:
-        log.info("job %s attempt %d %s", lease.job_id, lease.attempt, what)
+        except Exception as error:
+            if not is_database_fault(error):
+                raise
+            # Nothing is recorded: the lease runs out and the sweeper requeues the job (one more attempt).
+            log.warning(
+                "job %s attempt %d: recording its outcome (%s) failed, the database did not answer; "
+                "the sweeper requeues the job when its lease expires",
+                lease.job_id,
+                lease.attempt,
+                ending.what,
+            )
+            return
+    if done is not None:
+        log.info("job %s attempt %d %s", lease.job_id, lease.attempt, done)
     else:
         log.warning(
-            "job %s attempt %d lost the job; its result (%s) is dropped", lease.job_id, lease.attempt, what
+            "job %s attempt %d lost the job; its result (%s) is dropped",
+            lease.job_id,
+            lease.attempt,
+            ending.what,
         )

@@ -4,6 +4,10 @@ The engine reports every step (thousands a second for tiny models); the row gets
 `{phase, step, total, metrics, started_at}` a few times a second, plus the last report of each phase and
 a final flush, so the API's percent and ETA are never far behind. Each write is fenced on the attempt and
 hands the job's status back, which refreshes the cancel flag.
+
+A failed write does not fail the job, but it is not ignored either: it goes to `on_error` (the lease
+keeper counts it against the lease), and the writer backs off (doubling up to `MAX_BACKOFF_SECONDS`) so
+a step loop whose database is gone is not held up by a write attempt at every interval.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Any, Protocol
 from shared.models import JobStatus, utcnow
 
 log = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS = 8.0
 
 
 class ProgressReport(Protocol):  # worker.engine.runtime.Progress
@@ -44,12 +50,16 @@ class ProgressWriter:
         interval: float,
         observe: Callable[[JobStatus | None], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.write = write  # stores one document, returns the job status (see job_state.write_progress)
         self.interval = interval
         self.observe = observe
         self.clock = clock
+        self.on_error = on_error
         self.writes = 0
+        self.failures = 0  # consecutive failed writes
+        self._retry_at = -math.inf
         self._phase: str | None = None
         self._phase_started = ""
         self._last_write = -math.inf
@@ -69,7 +79,10 @@ class ProgressWriter:
             "metrics": json_safe(dict(report.metrics)),
             "started_at": self._phase_started,
         }
-        if new_phase or report.step >= report.total or self.clock() - self._last_write >= self.interval:
+        now = self.clock()
+        if now < self._retry_at:
+            return  # backing off after a failed write; the latest report stays pending
+        if new_phase or report.step >= report.total or now - self._last_write >= self.interval:
             self.flush()
 
     def flush(self) -> None:
@@ -80,9 +93,17 @@ class ProgressWriter:
         self._last_write = self.clock()
         try:
             status = self.write(document)
-        except Exception:  # progress is advisory: a failed write must not fail the job
-            log.warning("writing progress failed", exc_info=True)
+        except Exception as error:  # progress is advisory: a failed write must not fail the job by itself
+            self._pending = document  # tried again with the next report, unless a newer one replaces it
+            self.failures += 1
+            backoff = min(MAX_BACKOFF_SECONDS, self.interval * 2**self.failures)
+            self._retry_at = self.clock() + backoff
+            if self.failures == 1:
+                log.warning("writing progress failed; retrying in %.1fs", backoff, exc_info=True)
+            if self.on_error is not None:
+                self.on_error(error)
             return
+        self.failures, self._retry_at = 0, -math.inf
         self.writes += 1
         if self.observe is not None:
             self.observe(status)

@@ -4,33 +4,44 @@ Runs as a thread in every worker's main process (see `worker.celery_app`), or al
 `python -m worker.sweeper [--once]`. Every change it makes is a compare-and-set UPDATE, so any number of
 sweepers may run; the worst a race does is publish a job twice, and a second delivery is a no-op. To
 save work, the sweeper threads take turns through a short Redis lock: one sweep per interval in all.
+Only a sweeper whose database answers takes the turn, and one whose sweep fails gives it back, so a
+worker cut off from the database never keeps the healthy ones from sweeping.
+
+A lost message is found by looking: a queued job whose message left more than `publish_grace_seconds`
+ago, and which is neither waiting in the broker's lists nor held (reserved, unacknowledged) by a worker,
+has none, and is published again within a sweep or two of a broker losing its data. A message a worker
+holds but never turns into a claim (its worker hung) is published again after `requeue_after_seconds`.
 No engine (torch) imports here.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
 import json
 import logging
-import os
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import redis
 from celery import Celery
+from redis.exceptions import LockError
+from redis.lock import Lock
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import job_state
-from shared.db import session_factory
+from shared.db import ping_database, session_factory
 from shared.job_state import PublishTarget
+from shared.models import utcnow
 from shared.queue import make_celery, publish_job
 from shared.settings import Settings, get_settings
+from worker.metrics import swept
 
 log = logging.getLogger(__name__)
 
-PUBLISH_GRACE_SECONDS = 10.0  # the API commits a job row, then publishes: not "lost" in between
-SCAN_PAGE = 500  # messages read per LRANGE
+SCAN_PAGE = 500  # messages read per LRANGE / HSCAN
 MAX_REPUBLISH = 1000  # lost jobs handled per sweep
 
 
@@ -48,18 +59,26 @@ def queue_keys(queues: Iterable[str], sep: str, priority_steps: Iterable[int]) -
     return [queue if step == 0 else f"{queue}{sep}{step}" for queue in queues for step in priority_steps]
 
 
+def _task_id(message: object) -> str | None:
+    """The task id (= job id) of a kombu message (task protocol 2: `headers.id`)."""
+    try:
+        task_id = message.get("headers", {}).get("id") or message.get("properties", {}).get(  # type: ignore[attr-defined]
+            "correlation_id"
+        )
+    except AttributeError:
+        return None
+    return str(task_id) if task_id else None
+
+
 def message_task_ids(raw_messages: Iterable[bytes]) -> Iterator[str]:
-    """Task ids (= job ids) from raw kombu messages (task protocol 2: `headers.id`)."""
+    """Task ids (= job ids) from raw kombu messages."""
     for raw in raw_messages:
         try:
-            message = json.loads(raw)
-            task_id = message.get("headers", {}).get("id") or message.get("properties", {}).get(
-                "correlation_id"
-            )
-        except (ValueError, AttributeError):
+            task_id = _task_id(json.loads(raw))
+        except ValueError:
             continue
         if task_id:
-            yield str(task_id)
+            yield task_id
 
 
 def broker_task_ids(client: redis.Redis, keys: Iterable[str]) -> set[str]:
@@ -69,6 +88,20 @@ def broker_task_ids(client: redis.Redis, keys: Iterable[str]) -> set[str]:
         length = client.llen(key)
         for start in range(0, length, SCAN_PAGE):
             found.update(message_task_ids(client.lrange(key, start, start + SCAN_PAGE - 1)))
+    return found
+
+
+def held_task_ids(client: redis.Redis, unacked_key: str) -> set[str]:
+    """Ids of the tasks workers hold (delivered, not yet acknowledged). kombu's Redis transport keeps each
+    in the `unacked` hash, delivery tag -> JSON `[message, exchange, routing_key]`, until the ack."""
+    found: set[str] = set()
+    for _tag, value in client.hscan_iter(unacked_key, count=SCAN_PAGE):
+        try:
+            task_id = _task_id(json.loads(value)[0])
+        except (ValueError, TypeError, IndexError, KeyError):
+            continue
+        if task_id:
+            found.add(task_id)
     return found
 
 
@@ -88,11 +121,35 @@ class Sweep:
             options.get("sep", ":"),
             options.get("priority_steps", [0]),
         )
+        self.unacked_key = options.get("unacked_key", "unacked")
+        self._database_down = False
 
-    def take_turn(self) -> bool:
-        """True for the one sweeper (of all sharing these queues) whose turn this interval is."""
+    def database_ok(self) -> bool:
+        """Whether this sweeper's database answers (logged when that changes)."""
+        try:
+            ping_database(self.settings.sql_url)
+        except Exception as error:
+            if not self._database_down:
+                log.warning("sweeper: the database does not answer (%s); leaving sweeps to others", error)
+            self._database_down = True
+            return False
+        if self._database_down:
+            log.info("sweeper: the database answers again")
+        self._database_down = False
+        return True
+
+    def take_turn(self) -> Lock | None:
+        """The turn (a Redis lock that expires after the interval) for the one sweeper, of all sharing
+        these queues, whose turn this interval is; None for the others. The lock's token makes giving it
+        back (`give_back`) delete it only while it is still this sweeper's."""
         interval = max(1, int(self.settings.sweep_interval_seconds))
-        return bool(self.broker.set(self.lock_key, os.getpid(), nx=True, ex=interval))
+        turn = self.broker.lock(self.lock_key, timeout=interval, blocking=False, thread_local=False)
+        return turn if turn.acquire() else None
+
+    @staticmethod
+    def give_back(turn: Lock) -> None:
+        with contextlib.suppress(LockError):  # expired (or taken) meanwhile: nothing of ours to delete
+            turn.release()
 
     def once(self) -> SweepReport:
         with self.sessions.begin() as session:
@@ -101,22 +158,37 @@ class Sweep:
         for target in settled.requeued:
             log.warning("job %s: its worker stopped renewing the lease; requeued", target.job_id)
 
+        lost = self._find_lost()
+        self._publish(lost)
+        for target in lost:
+            log.warning("job %s was queued with no message in the broker; published again", target.job_id)
+        report = SweepReport(len(settled.requeued), settled.exhausted, settled.canceled, len(lost))
+        swept(report.requeued, report.exhausted, report.canceled, report.republished)
+        return report
+
+    def _find_lost(self) -> list[PublishTarget]:
+        grace = min(self.settings.publish_grace_seconds, self.settings.requeue_after_seconds)
         with self.sessions() as session:
             candidates = job_state.find_lost_queued(
                 session,
-                republish_after_seconds=self.settings.requeue_after_seconds,
-                unpublished_grace_seconds=min(PUBLISH_GRACE_SECONDS, self.settings.requeue_after_seconds),
+                republish_after_seconds=grace,
+                unpublished_grace_seconds=grace,
                 queues=self.queues,
                 limit=MAX_REPUBLISH,
             )
-        lost: list[PublishTarget] = []
-        if candidates:
-            waiting = broker_task_ids(self.broker, self.keys)
-            lost = [t for t in candidates if str(t.job_id) not in waiting]
-            self._publish(lost)
-            for target in lost:
-                log.warning("job %s was queued with no message in the broker; published again", target.job_id)
-        return SweepReport(len(settled.requeued), settled.exhausted, settled.canceled, len(lost))
+        if not candidates:
+            return []
+        waiting = broker_task_ids(self.broker, self.keys)
+        absent = [t for t in candidates if str(t.job_id) not in waiting]
+        if not absent:
+            return []
+        # Read after the lists: a message moves list -> unacked hash -> gone (acked after its claim), so
+        # one that moved between the reads is seen in the hash, or its job is no longer queued.
+        held = held_task_ids(self.broker, self.unacked_key)
+        stale = utcnow() - dt.timedelta(seconds=self.settings.requeue_after_seconds)
+        return [
+            t for t in absent if str(t.job_id) not in held or t.published_at is None or t.published_at < stale
+        ]
 
     def _publish(self, targets: list[PublishTarget]) -> None:
         if not targets:
@@ -159,14 +231,31 @@ class SweeperThread:
 
     def _loop(self) -> None:
         while True:
-            try:
-                report = self.sweep.once() if self.sweep.take_turn() else None
-                if report and any((report.requeued, report.exhausted, report.canceled, report.republished)):
-                    log.info("sweep: %s", report)
-            except Exception:
-                log.exception("sweep failed; retrying in %ss", self.interval)
+            self.turn()
             if self._stopped.wait(self.interval):
                 return
+
+    def turn(self) -> SweepReport | None:
+        """One interval's work: check the database, take the turn, sweep; a failed sweep gives the
+        turn back so another sweeper can take it at once."""
+        try:
+            if not self.sweep.database_ok():
+                return None
+            turn = self.sweep.take_turn()
+            if turn is None:
+                return None
+        except Exception:
+            log.exception("sweep: taking the turn failed; retrying in %ss", self.interval)
+            return None
+        try:
+            report = self.sweep.once()
+        except Exception:
+            log.exception("sweep failed; turn given back, retrying in %ss", self.interval)
+            self.sweep.give_back(turn)
+            return None
+        if any((report.requeued, report.exhausted, report.canceled, report.republished)):
+            log.info("sweep: %s", report)
+        return report
 
 
 def main(argv: list[str] | None = None) -> None:

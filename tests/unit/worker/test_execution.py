@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
 import pytest
+from celery.exceptions import Reject
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import job_state
@@ -15,8 +18,10 @@ from shared.db import engine_for, session_factory
 from shared.models import Artifact, Base, Job, JobStatus, Tenant
 from shared.settings import Settings
 from shared.specs import JobKind, TrainParams
+from shared.storage import ObjectNotFound, StorageError, StorageUnavailable
+from tests.conftest import free_port
 from worker import execution
-from worker.engine.runtime import ConfigError
+from worker.engine.runtime import Canceled, ConfigError
 from worker.runners.base import JobError, JobRun, Outcome
 
 
@@ -86,6 +91,22 @@ def test_success_stores_result_artifacts_and_extra_rows_together(db: sessionmake
         (ConfigError("options.width: too small"), "invalid_params", "options.width: too small"),
         (DatasetError("dataset x: not found"), "invalid_dataset", "dataset x: not found"),
         (RuntimeError("boom"), "internal_error", "RuntimeError: boom"),
+        # Internal object keys never reach the user's message.
+        (
+            ObjectNotFound("tenants/t/jobs/j/model.pt: no such object"),
+            "checkpoint_missing",
+            "a model checkpoint this job needs is missing from storage",
+        ),
+        (
+            StorageError("get genq/tenants/t/jobs/j/model.pt failed: AccessDenied"),
+            "storage_error",
+            "object storage refused an operation this job needs",
+        ),
+        (
+            RuntimeError("checkpoint tenants/t/jobs/j/model.pt does not match"),
+            "internal_error",
+            "RuntimeError: checkpoint <object> does not match",
+        ),
     ],
 )
 def test_errors_fail_the_job_with_a_code(
@@ -144,3 +165,113 @@ def test_an_attempt_that_lost_its_lease_writes_nothing(db: sessionmaker[Session]
     assert (job.status, job.result, job.lease_owner) == (JobStatus.running, None, "other")
     with db() as session:
         assert session.scalars(select(Artifact).where(Artifact.job_id == job.id)).all() == []
+
+
+def _fault(error: Exception):  # type: ignore[no-untyped-def]
+    def runner(job: JobRun) -> Outcome:
+        job.outputs.put_bytes("grid.png", b"half-done")
+        raise error
+
+    return runner
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (StorageUnavailable("object storage did not answer after 5 tries"), "storage_unavailable"),
+        (OperationalError("UPDATE jobs", {}, Exception("connection lost")), "database_unavailable"),
+    ],
+)
+def test_an_infrastructure_fault_requeues_the_job_until_its_attempts_run_out(
+    db: sessionmaker[Session], settings: Settings, error: Exception, code: str
+) -> None:
+    job_id = _job(db)
+    for attempt in range(1, settings.max_attempts):
+        execution.execute(job_id, _fault(error))
+        job = _row(db, job_id)
+        assert (job.status, job.attempts, job.error_code) == (JobStatus.queued, attempt, None)
+        assert job.lease_owner is None and job.published_at is None  # the sweeper publishes it again
+    execution.execute(job_id, _fault(error))
+    job = _row(db, job_id)
+    assert (job.status, job.attempts, job.error_code) == (JobStatus.failed, settings.max_attempts, code)
+    with db() as session:
+        assert session.scalars(select(Artifact).where(Artifact.job_id == job.id)).all() == []
+
+
+def test_an_infrastructure_fault_on_a_canceling_job_cancels_it(db: sessionmaker[Session]) -> None:
+    job_id = _job(db)
+
+    def runner(job: JobRun) -> Outcome:
+        with db.begin() as session:
+            job_state.request_cancel(session, job.job_id)
+        raise StorageUnavailable("down")
+
+    execution.execute(job_id, runner)
+    assert _row(db, job_id).status == JobStatus.canceled
+
+
+def test_an_attempt_whose_lease_runs_out_stops_and_records_nothing(
+    db: sessionmaker[Session], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database stops answering this worker's renewals and progress writes (the sweeper, elsewhere,
+    can still reach it): once the lease could not be renewed for its length the run stops at the next
+    step check, and neither its result nor its artifacts are recorded."""
+    settings = settings.model_copy(update={"lease_seconds": 2, "heartbeat_seconds": 1})
+    monkeypatch.setattr(execution, "get_settings", lambda: settings)
+    job_id = _job(db)
+
+    def cut_off(*args: object, **kwargs: object) -> None:
+        raise OperationalError("UPDATE jobs ...", {}, Exception("connection timed out"))
+
+    monkeypatch.setattr(job_state, "renew_lease", cut_off)
+    monkeypatch.setattr(job_state, "write_progress", cut_off)
+    stopped: list[float] = []
+
+    def runner(job: JobRun) -> Outcome:
+        started = time.monotonic()
+        for step in range(1, 1_000_000):
+            job.ctx.report("train", step, 1_000_000)
+            try:
+                job.ctx.check()
+            except Canceled:
+                stopped.append(time.monotonic() - started)
+                raise
+            if time.monotonic() - started > 30:
+                break
+            time.sleep(0.01)
+        job.outputs.put_bytes("model.pt", b"stale weights")
+        return Outcome({"stale": True}, record=lambda session: pytest.fail("recorded a stale result"))
+
+    execution.execute(job_id, runner)
+    assert stopped, "the run never stopped"
+    job = _row(db, job_id)
+    # Left for the sweeper: it requeues the job once the lease expires in the row.
+    assert (job.status, job.result, job.progress, job.attempts) == (JobStatus.running, None, None, 1)
+    with db() as session:
+        assert session.scalars(select(Artifact).where(Artifact.job_id == job.id)).all() == []
+
+
+def test_a_claim_that_cannot_reach_the_database_is_handed_back(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unreachable = settings.model_copy(
+        update={"database_url": f"postgresql+psycopg://genq@127.0.0.1:{free_port()}/genq"}
+    )
+    monkeypatch.setattr(execution, "get_settings", lambda: unreachable)
+    job_id = str(uuid.uuid4())
+    with pytest.raises(execution.ClaimUnavailable):
+        execution.execute(job_id, lambda job: pytest.fail("ran without a claim"))  # type: ignore[arg-type,return-value]
+
+    # The task turns it into a requeueing reject, so the broker keeps the message for another worker.
+    from worker import tasks
+
+    class Request:
+        hostname = "w1@host"
+
+    class FakeTask:
+        request = Request()
+
+    runner = type("Runner", (), {"run": staticmethod(lambda job: pytest.fail("ran"))})
+    with pytest.raises(Reject) as rejected:
+        tasks._execute(FakeTask(), job_id, runner)  # type: ignore[arg-type]
+    assert rejected.value.requeue is True

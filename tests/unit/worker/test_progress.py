@@ -79,6 +79,31 @@ def test_a_failed_write_does_not_raise() -> None:
     assert writer.writes == 0
 
 
+def test_failed_writes_are_reported_and_backed_off() -> None:
+    """Each failure reaches `on_error` (the lease keeper counts it); writes back off while they fail,
+    so a step loop whose database is gone does not wait on a write every interval."""
+    clock, attempts, errors = FakeClock(), [], []
+    down = True
+
+    def write(document: dict[str, Any]) -> JobStatus | None:
+        attempts.append(document["step"])
+        if down:
+            raise ConnectionError("database away")
+        return JobStatus.running
+
+    writer = ProgressWriter(write, interval=0.5, clock=clock, on_error=errors.append)
+    for step in range(1, 401):  # 4 seconds of steps
+        clock.now = step * 0.01
+        writer(Progress("train", step, 10_000))
+    # Tried at 0.01 s, then after 1 s, then after 2 s more (doubling): not every 0.5 s.
+    assert attempts == [1, 101, 301]
+    assert len(errors) == 3 and all(isinstance(e, ConnectionError) for e in errors)
+    down = False
+    clock.now = 10.0
+    writer(Progress("train", 1000, 10_000))
+    assert attempts[-1] == 1000 and writer.failures == 0 and writer.writes == 1
+
+
 def test_non_finite_metrics_become_null() -> None:
     assert json_safe({"a": float("nan"), "b": [float("inf"), 1.5], "c": "x"}) == {
         "a": None,

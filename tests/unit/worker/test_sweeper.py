@@ -17,7 +17,7 @@ from shared.db import engine_for
 from shared.models import Base, Job, JobStatus, Tenant, utcnow
 from shared.settings import Settings
 from shared.specs import JobKind
-from worker.sweeper import Sweep, message_task_ids, queue_keys
+from worker.sweeper import Sweep, SweeperThread, message_task_ids, queue_keys
 
 OLD = utcnow() - dt.timedelta(hours=1)
 
@@ -29,9 +29,36 @@ def kombu_message(task_id: str) -> bytes:
     ).encode()
 
 
+def unacked_entry(task_id: str) -> bytes:
+    # kombu's Redis transport: unacked[delivery_tag] = JSON [message, exchange, routing_key]
+    return json.dumps([json.loads(kombu_message(task_id)), "tq", "tq"]).encode()
+
+
+class FakeLock:
+    """redis-py's Lock as the sweeper uses it: SET NX with a token, released only while still held."""
+
+    def __init__(self, held: dict[str, str], key: str) -> None:
+        self.held, self.key, self.token = held, key, uuid.uuid4().hex
+
+    def acquire(self) -> bool:
+        if self.key in self.held:
+            return False
+        self.held[self.key] = self.token
+        return True
+
+    def release(self) -> None:
+        from redis.exceptions import LockNotOwnedError
+
+        if self.held.get(self.key) != self.token:
+            raise LockNotOwnedError("not ours")
+        del self.held[self.key]
+
+
 class FakeBroker:
-    def __init__(self, lists: dict[str, list[bytes]]) -> None:
+    def __init__(self, lists: dict[str, list[bytes]], unacked: dict[str, bytes] | None = None) -> None:
         self.lists = lists
+        self.unacked = unacked or {}
+        self.locks: dict[str, str] = {}
 
     def llen(self, key: str) -> int:
         return len(self.lists.get(key, []))
@@ -39,11 +66,12 @@ class FakeBroker:
     def lrange(self, key: str, start: int, end: int) -> list[bytes]:
         return self.lists.get(key, [])[start : end + 1]
 
-    def set(self, key: str, value: object, nx: bool = False, ex: int | None = None) -> bool:
-        if nx and key in self.lists:
-            return False
-        self.lists[key] = [str(value).encode()]
-        return True
+    def hscan_iter(self, key: str, count: int = 10) -> Any:
+        assert key == "unacked"
+        return iter(self.unacked.items())
+
+    def lock(self, key: str, **options: Any) -> FakeLock:
+        return FakeLock(self.locks, key)
 
     def close(self) -> None:
         pass
@@ -167,8 +195,79 @@ def test_published_at_is_set_even_when_a_worker_is_faster(sweep: Sweep) -> None:
 
 
 def test_sweepers_take_turns(sweep: Sweep) -> None:
-    assert sweep.take_turn()
-    assert not sweep.take_turn()  # until the turn expires (sweep_interval_seconds)
+    assert sweep.take_turn() is not None
+    assert sweep.take_turn() is None  # until the turn expires (sweep_interval_seconds)
+
+
+def _thread(settings: Settings, broker: FakeBroker) -> SweeperThread:
+    thread = SweeperThread(settings, FakeApp())  # type: ignore[arg-type]
+    thread.sweep.broker = broker  # type: ignore[assignment]
+    return thread
+
+
+def test_a_sweeper_without_its_database_leaves_the_turn_to_one_with_it(sweep: Sweep, tmp_path: Path) -> None:
+    cut_off = sweep.settings.model_copy(
+        update={"database_url": f"sqlite:///{tmp_path / 'missing' / 'dir' / 'genq.db'}"}
+    )
+    broker = FakeBroker({})
+    sick, healthy = _thread(cut_off, broker), _thread(sweep.settings, broker)
+    abandoned = _add_job(healthy.sweep.sessions)
+    with healthy.sweep.sessions.begin() as session:
+        job_state.claim_job(session, abandoned, "dead-worker", lease_seconds=-1)
+
+    for _ in range(3):  # it tries every interval, and never holds the turn
+        assert sick.turn() is None
+        assert broker.locks == {}
+    report = healthy.turn()
+    assert report is not None and report.requeued == 1
+    assert _status(healthy.sweep.sessions, abandoned).status == JobStatus.queued
+
+
+def test_a_failed_sweep_gives_the_turn_back(sweep: Sweep) -> None:
+    broker = FakeBroker({})
+    first, second = _thread(sweep.settings, broker), _thread(sweep.settings, broker)
+
+    def fail() -> None:
+        raise ConnectionError("lost the database mid-sweep")
+
+    first.sweep.once = fail  # type: ignore[method-assign,assignment]
+    assert first.turn() is None
+    assert broker.locks == {}  # given back: the next sweeper need not wait out the interval
+    assert second.turn() is not None
+
+
+def test_giving_back_an_expired_turn_leaves_the_new_holder_alone(sweep: Sweep) -> None:
+    turn = sweep.take_turn()
+    assert turn is not None
+    sweep.broker.locks.clear()  # type: ignore[attr-defined]  # expired...
+    theirs = sweep.take_turn()  # ...and another sweeper took it
+    assert theirs is not None
+    sweep.give_back(turn)
+    assert sweep.broker.locks == {sweep.lock_key: theirs.token}  # type: ignore[attr-defined]
+
+
+def test_a_lost_message_is_noticed_after_the_publish_grace_not_requeue_after(sweep: Sweep) -> None:
+    assert (sweep.settings.publish_grace_seconds, sweep.settings.requeue_after_seconds) == (10, 60)
+    moments_ago = utcnow() - dt.timedelta(seconds=20)
+    just_now = utcnow() - dt.timedelta(seconds=2)
+    flushed = _add_job(sweep.sessions, published_at=moments_ago)  # the broker lost its message
+    held = _add_job(sweep.sessions, published_at=moments_ago)  # a worker holds it, about to claim
+    held_long = _add_job(sweep.sessions, published_at=OLD, created_at=OLD)  # held by a hung worker
+    waiting = _add_job(sweep.sessions, published_at=moments_ago)
+    in_flight = _add_job(sweep.sessions, published_at=just_now)  # the API published it a moment ago
+    sweep.broker.lists = {"tq": [kombu_message(str(waiting))]}  # type: ignore[attr-defined]
+    sweep.broker.unacked = {  # type: ignore[attr-defined]
+        "tag-1": unacked_entry(str(held)),
+        "tag-2": unacked_entry(str(held_long)),
+        "tag-3": b"garbage",
+    }
+
+    report = sweep.once()
+    sent = {m["task_id"] for m in sweep.app.sent}  # type: ignore[attr-defined]
+    assert sent == {str(flushed), str(held_long)}
+    assert report.republished == 2
+    for job_id in (held, waiting, in_flight):
+        assert str(job_id) not in sent
 
 
 def test_queue_filter_on_requeue(sessions: sessionmaker[Session], make_job: Callable[..., uuid.UUID]) -> None:
