@@ -17,7 +17,9 @@ from api.errors import register_error_handlers
 from api.key_cache import KeyCache
 from api.publisher import CeleryPublisher, Publisher
 from api.routes import batches, datasets, health, jobs, models, objects, openapi
+from api.waiting import ChangeWaiters
 from shared.db import session_factory
+from shared.job_events import ChangeNotifier
 from shared.queue import make_celery
 from shared.settings import Settings, get_settings
 from shared.storage import make_store
@@ -42,6 +44,8 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
             publisher=publisher or CeleryPublisher(celery, settings),
             keys=KeyCache(settings.api_key_cache_seconds),
             urls=DownloadUrls(store),
+            waiters=ChangeWaiters(settings.broker_url),
+            notifier=ChangeNotifier(settings.broker_url),
         ),
     )
     install_auth(app)

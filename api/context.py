@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.download_urls import DownloadUrls
 from api.key_cache import KeyCache
 from api.publisher import Publisher
+from api.waiting import ChangeWaiters
+from shared.job_events import ChangeNotifier
 from shared.settings import Settings
 from shared.storage import LocalStore, S3Store
 
@@ -27,6 +29,8 @@ class ApiContext:
     publisher: Publisher
     keys: KeyCache
     urls: DownloadUrls  # what views mint download URLs with
+    waiters: ChangeWaiters  # requests waiting for a job or batch to change (?wait=N)
+    notifier: ChangeNotifier
 
 
 def install(app: Flask, context: ApiContext) -> None:

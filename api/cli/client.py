@@ -113,11 +113,16 @@ class GenqClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self.request("POST", "/v1/batches", json=body, headers=headers)
 
-    def get_job(self, job_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/v1/jobs/{job_id}")
+    def get_job(self, job_id: str, wait: int = 0) -> dict[str, Any]:
+        """The job; with `wait`, the API answers when the job changes or after that many seconds."""
+        return self.request("GET", f"/v1/jobs/{job_id}", **self._waiting(wait))
 
-    def get_batch(self, batch_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/v1/batches/{batch_id}")
+    def get_batch(self, batch_id: str, wait: int = 0) -> dict[str, Any]:
+        """The batch; with `wait`, the API answers when any of its jobs changes or after `wait` s."""
+        return self.request("GET", f"/v1/batches/{batch_id}", **self._waiting(wait))
+
+    def _waiting(self, wait: int) -> dict[str, Any]:
+        return {"params": {"wait": wait}, "timeout": self.timeout + wait} if wait > 0 else {}
 
     def get_job_or_batch(self, item_id: str) -> tuple[str, dict[str, Any]]:
         """("job", body) or ("batch", body): `genq status ID` takes either."""

@@ -26,6 +26,7 @@ from api.cli.progress import ProgressBar, batch_done, batch_line, job_line
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELED, EXIT_TIMEOUT = 0, 1, 3, 4
 TERMINAL = ("succeeded", "failed", "canceled")
+LONG_POLL_SECONDS = 20  # each wait poll returns at a change, or after this long
 # Errors worth waiting out while polling: the API restarting, a slow moment under load.
 TRANSIENT_CODES = ("unreachable", "timeout")
 
@@ -230,6 +231,14 @@ def _poll(fetch, deadline: float | None, grace: float = 60.0):  # type: ignore[n
             time.sleep(1.0)
 
 
+def _long_poll_seconds(deadline: float | None) -> int:
+    """How long the next poll may wait in the API for a change: at most LONG_POLL_SECONDS, never past
+    the deadline."""
+    if deadline is None:
+        return LONG_POLL_SECONDS
+    return max(0, min(LONG_POLL_SECONDS, int(deadline - time.monotonic())))
+
+
 def _exit_code_for(status: str) -> int:
     return {"succeeded": EXIT_OK, "canceled": EXIT_CANCELED}.get(status, EXIT_FAILED)
 
@@ -246,8 +255,10 @@ def wait_for_job(
     """Poll a job to the end with a progress bar; the exit code says how it ended."""
     bar = bar or ProgressBar()
     deadline = time.monotonic() + timeout if timeout else None
+    wait = 0
     while True:
-        job = _poll(lambda: client.get_job(job_id), deadline)
+        asked = time.monotonic()
+        job = _poll(lambda wait=wait: client.get_job(job_id, wait=wait), deadline)
         bar.update(job_line(job))
         if job.get("status") in TERMINAL:
             break
@@ -255,7 +266,10 @@ def wait_for_job(
             bar.close()
             sys.stderr.write(f"genq: job {job_id} still {job.get('status')} after {timeout:g}s\n")
             return EXIT_TIMEOUT
-        time.sleep(interval)
+        # The API answers a long poll at each change; `interval` still bounds how often the bar redraws
+        # (and how often an API without long polls is asked).
+        time.sleep(max(0.0, interval - (time.monotonic() - asked)))
+        wait = _long_poll_seconds(deadline)
     bar.close()
     status = str(job["status"])
     if json_output:
@@ -279,8 +293,10 @@ def wait_for_batch(
     """Poll a batch until every job ended; non-zero when any failed (1) or was canceled (3)."""
     bar = bar or ProgressBar()
     deadline = time.monotonic() + timeout if timeout else None
+    wait = 0
     while True:
-        batch = _poll(lambda: client.get_batch(batch_id), deadline)
+        asked = time.monotonic()
+        batch = _poll(lambda wait=wait: client.get_batch(batch_id, wait=wait), deadline)
         bar.update(batch_line(batch))
         total = int(batch.get("total") or 0)
         if total and batch_done(batch) >= total:
@@ -289,7 +305,10 @@ def wait_for_batch(
             bar.close()
             sys.stderr.write(f"genq: batch {batch_id} not finished after {timeout:g}s\n")
             return EXIT_TIMEOUT
-        time.sleep(interval)
+        # The API answers a long poll at each change; `interval` still bounds how often the bar redraws
+        # (and how often an API without long polls is asked).
+        time.sleep(max(0.0, interval - (time.monotonic() - asked)))
+        wait = _long_poll_seconds(deadline)
     bar.close()
     if json_output:
         print_json(batch, out)

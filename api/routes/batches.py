@@ -7,11 +7,11 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, url_for
 
 from api.auth import tenant_id
-from api.conditional import conditional
 from api.context import api, db
+from api.long_poll import long_poll, wait_seconds
 from api.queries import batch_counts, get_owned
 from api.submission import submit_batch
-from api.validation import idempotency_key, json_body
+from api.validation import idempotency_key, json_body, parse_id
 from api.views import batch_view
 from shared.job_state import cancel_batch
 from shared.models import Batch
@@ -35,7 +35,14 @@ def create() -> tuple[Response, int, dict[str, str]]:
 
 @bp.get("/<batch_id>")
 def read(batch_id: str) -> Response:
-    return conditional(jsonify(_view(get_owned(db(), Batch, batch_id, tenant_id()))))
+    seconds = wait_seconds()
+    owner = tenant_id()
+
+    def reply() -> tuple[Response, bool]:
+        view = _view(get_owned(db(), Batch, batch_id, owner))
+        return jsonify(view), bool(view["done"])
+
+    return long_poll(str(parse_id(batch_id, "batch", "batch_id")), reply, seconds)
 
 
 @bp.post("/<batch_id>/cancel")
@@ -44,5 +51,6 @@ def cancel(batch_id: str) -> Response:
     batch = get_owned(session, Batch, batch_id, tenant_id())
     cancel_batch(session, batch.id)
     session.commit()
+    api().notifier.changed([batch.id])
     session.refresh(batch)
     return jsonify(_view(batch))

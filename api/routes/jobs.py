@@ -9,15 +9,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import joinedload
 
 from api.auth import tenant_id
-from api.conditional import conditional
 from api.context import api, db
+from api.long_poll import long_poll, wait_seconds
 from api.pagination import page, page_limit, page_query
 from api.queries import get_owned, queue_position
 from api.submission import submit_job
-from api.validation import idempotency_key, json_body, query_choice, query_uuid
+from api.validation import idempotency_key, json_body, parse_id, query_choice, query_uuid
 from api.views import job_summary, job_view
 from shared.job_state import request_cancel
-from shared.models import Job, JobStatus
+from shared.models import TERMINAL_STATUSES, Job, JobStatus
 from shared.specs import JobKind
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -55,8 +55,14 @@ def list_jobs() -> Response:
 
 @bp.get("/<job_id>")
 def read(job_id: str) -> Response:
-    job = get_owned(db(), Job, job_id, tenant_id(), joinedload(Job.artifacts))
-    return conditional(jsonify(_detail(job)))
+    seconds = wait_seconds()
+    owner = tenant_id()
+
+    def reply() -> tuple[Response, bool]:
+        job = get_owned(db(), Job, job_id, owner, joinedload(Job.artifacts))
+        return jsonify(_detail(job)), job.status in TERMINAL_STATUSES
+
+    return long_poll(str(parse_id(job_id, "job", "job_id")), reply, seconds)
 
 
 @bp.post("/<job_id>/cancel")
@@ -65,5 +71,6 @@ def cancel(job_id: str) -> Response:
     job = get_owned(session, Job, job_id, tenant_id())
     request_cancel(session, job.id)
     session.commit()
+    api().notifier.changed([job.id, job.batch_id])
     session.refresh(job)
     return jsonify(_detail(job))

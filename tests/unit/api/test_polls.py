@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from api.download_urls import DownloadUrls
@@ -133,3 +136,52 @@ def test_batch_reads_are_conditional_too(client: FlaskClient, tenant: Tenant, se
     assert client.get(url, headers={**tenant.headers, "If-None-Match": etag}).status_code == 304
     assert client.post(f"{url}/cancel", headers=tenant.headers).status_code == 200
     assert client.get(url, headers={**tenant.headers, "If-None-Match": etag}).status_code == 200
+
+
+def _set_status_later(
+    session: Session, job_id: uuid.UUID, status: JobStatus, delay: float
+) -> threading.Thread:
+    def change() -> None:
+        time.sleep(delay)
+        session.execute(update(Job).where(Job.id == job_id).values(status=status, updated_at=utcnow()))
+        session.commit()
+
+    thread = threading.Thread(target=change)
+    thread.start()
+    return thread
+
+
+def test_wait_returns_when_the_job_changes(client: FlaskClient, tenant: Tenant, session: Session) -> None:
+    job = _finished_job(session, tenant.id)
+    job.status = JobStatus.queued
+    session.commit()
+    etag = client.get(f"/v1/jobs/{job.id}", headers=tenant.headers).headers["ETag"]
+    # No broker listens in unit tests: the waiter rechecks the row every second instead of being woken.
+    changer = _set_status_later(session, job.id, JobStatus.running, delay=0.3)
+    reply = client.get(f"/v1/jobs/{job.id}?wait=20", headers={**tenant.headers, "If-None-Match": etag})
+    changer.join(timeout=10)
+    assert reply.status_code == 200 and reply.json["status"] == "running"
+
+
+def test_wait_with_a_current_etag_ends_in_304_and_a_stale_one_answers_at_once(
+    client: FlaskClient, tenant: Tenant, session: Session
+) -> None:
+    job = _finished_job(session, tenant.id)
+    job.status = JobStatus.queued
+    session.commit()
+    etag = client.get(f"/v1/jobs/{job.id}", headers=tenant.headers).headers["ETag"]
+    same = client.get(f"/v1/jobs/{job.id}?wait=1", headers={**tenant.headers, "If-None-Match": etag})
+    assert same.status_code == 304 and same.data == b""
+    stale = client.get(f"/v1/jobs/{job.id}?wait=60", headers={**tenant.headers, "If-None-Match": '"old"'})
+    assert stale.status_code == 200 and stale.headers["ETag"] == etag
+
+
+def test_wait_on_a_finished_job_or_batch_answers_at_once_and_is_bounded(
+    client: FlaskClient, tenant: Tenant, other: Tenant, session: Session
+) -> None:
+    job = _finished_job(session, tenant.id)
+    assert client.get(f"/v1/jobs/{job.id}?wait=60", headers=tenant.headers).json["status"] == "succeeded"
+    for bad in ("61", "-1", "soon"):
+        reply = client.get(f"/v1/jobs/{job.id}?wait={bad}", headers=tenant.headers)
+        assert reply.status_code == 400 and reply.json["error"]["details"][0]["field"] == "wait"
+    assert client.get(f"/v1/jobs/{job.id}?wait=5", headers=other.headers).status_code == 404

@@ -175,12 +175,19 @@ def test_wait_for_batch_counts(live_api: LiveApi, monkeypatch: pytest.MonkeyPatc
             {"id": "b", "total": 3, "counts": {"succeeded": 2, "failed": 1}},
         ]
     )
-    monkeypatch.setattr(client, "get_batch", lambda _id: next(batches))
+    waits: list[int] = []
+
+    def get_batch(_id: str, wait: int = 0) -> dict:
+        waits.append(wait)
+        return next(batches)
+
+    monkeypatch.setattr(client, "get_batch", get_batch)
     stream = io.StringIO()
     assert (
         wait_for_batch(client, "b", io.StringIO(), interval=0, bar=ProgressBar(stream, log_interval=0)) == 1
     )
     assert "3/3 done" in stream.getvalue()
+    assert waits == [0, 20, 20]  # the first read answers at once; the next ones wait in the API for a change
 
 
 class _HtmlErrors(http.server.BaseHTTPRequestHandler):
