@@ -64,6 +64,12 @@ SIGNED = (
     Param("signature", "query", {"type": "string"}),
     Param("filename", "query", {"type": "string"}, "download name"),
 )
+LONG_POLL = (
+    Param("wait", "query", {"type": "integer", "minimum": 0, "maximum": 60, "default": 0},
+          "answer at the next change, or after this many seconds"),
+    Param("If-None-Match", "header", {"type": "string"},
+          "the ETag of the copy you hold: 304 while it is current; with wait, waits while it is current"),
+)  # fmt: skip
 BAD = (400, 401, 404, 415, 422)
 FILE = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 DOCUMENT = {"application/json": {"schema": {"type": "object"}}}
@@ -78,11 +84,13 @@ ROUTES: tuple[Operation, ...] = (
         Param("kind", "query", _csv([x.value for x in JobKind])),
         Param("batch", "query", {"type": "string", "format": "uuid"}),
         *PAGING), errors=LIST),
-    Operation("get", "/v1/jobs/{job_id}", "Read a job: status, progress, artifacts", s.JobView, errors=READ),
+    Operation("get", "/v1/jobs/{job_id}", "Read a job: status, progress, artifacts", s.JobView,
+              params=LONG_POLL, errors=(400, *READ), extra_statuses=(304,)),
     Operation("post", "/v1/jobs/{job_id}/cancel", "Cancel a job (idempotent)", s.JobView, errors=READ),
     Operation("post", "/v1/batches", "Submit up to 10,000 jobs", s.BatchCreated, 202, BatchSubmission,
               params=(IDEMPOTENCY,), errors=(*BAD, 409), extra_statuses=(200,)),
-    Operation("get", "/v1/batches/{batch_id}", "Read a batch: jobs per status", s.BatchView, errors=READ),
+    Operation("get", "/v1/batches/{batch_id}", "Read a batch: jobs per status", s.BatchView,
+              params=LONG_POLL, errors=(400, *READ), extra_statuses=(304,)),
     Operation("post", "/v1/batches/{batch_id}/cancel", "Cancel a batch", s.BatchView, errors=READ),
     Operation("get", "/v1/models", "List trained models, newest first", s.ModelList, params=(
         Param("family", "query", _csv([x.value for x in Family])),
@@ -136,6 +144,9 @@ def _operation(op: Operation) -> dict[str, Any]:
         content = {"application/json": {"schema": _ref(op.response)}}
     responses: dict[str, Any] = {str(op.status): {"description": op.summary, "content": content}}
     for status in op.extra_statuses:
+        if status == 304:  # no body: the client's copy (its If-None-Match) is current
+            responses["304"] = {"description": "not modified"}
+            continue
         meaning = {200: "idempotent replay: the existing resource", 503: "not ready"}.get(status, "")
         responses[str(status)] = {"description": meaning, "content": content}
     error = {"application/json": {"schema": _ref(s.ErrorResponse)}}
