@@ -16,7 +16,7 @@ from api.download_urls import DownloadUrls
 from api.errors import register_error_handlers
 from api.key_cache import KeyCache
 from api.publisher import CeleryPublisher, Publisher
-from api.routes import batches, datasets, health, jobs, models, objects, openapi
+from api.routes import batches, datasets, health, jobs, models, objects, openapi, webhooks
 from api.waiting import ChangeWaiters
 from shared.db import session_factory
 from shared.job_events import ChangeNotifier
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
     )
     install_auth(app)
     register_error_handlers(app)
-    for module in (jobs, batches, models, datasets, objects, health, openapi):
+    for module in (jobs, batches, models, datasets, objects, health, openapi, webhooks):
         app.register_blueprint(module.bp)
     logging.getLogger("genq.api").setLevel(logging.INFO)
     return app

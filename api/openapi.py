@@ -107,6 +107,14 @@ ROUTES: tuple[Operation, ...] = (
     Operation("get", "/readyz", "Readiness: database, broker, storage", s.Readiness, auth=False,
               extra_statuses=(503,)),
     Operation("get", "/v1/openapi.json", "This document", DOCUMENT, auth=False),
+    Operation("get", "/v1/webhooks/deliveries", "Webhook deliveries and their attempts, newest first",
+              s.WebhookDeliveryList, params=(
+        Param("status", "query", _csv(["pending", "succeeded", "failed"])),
+        Param("job", "query", {"type": "string", "format": "uuid"}),
+        Param("batch", "query", {"type": "string", "format": "uuid"}),
+        *PAGING), errors=LIST),
+    Operation("post", "/v1/webhooks/deliveries/{delivery_id}/resend", "Send a delivery again (same id)",
+              s.WebhookDeliveryView, 202, errors=READ),
 )  # fmt: skip
 
 RESPONSES = [s.ErrorResponse, *{op.response for op in ROUTES if not isinstance(op.response, dict)}]

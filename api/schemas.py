@@ -152,3 +152,30 @@ class Readiness(BaseModel):
     status: str
     checks: dict[str, str] = Field(description="database, broker, storage: ok or unavailable")
     failed: list[str]
+
+class WebhookAttemptView(BaseModel):
+    number: int
+    started_at: str
+    status_code: int | None = Field(description="null: no answer (refused, timeout, connection error)")
+    latency_ms: float
+    error: str | None
+
+
+class WebhookDeliveryView(BaseModel):
+    id: str = Field(description="the webhook-id header: the same on every attempt and resend")
+    event: str = Field(description="job.started, job.progress, job.completed, batch.started, ...")
+    job_id: str | None
+    batch_id: str | None
+    url: str
+    status: str = Field(description="pending (retries scheduled), succeeded or failed (retries ran out)")
+    next_attempt_at: str | None
+    created_at: str
+    delivered_at: str | None
+    last_status_code: int | None
+    last_error: str | None
+    attempts: list[WebhookAttemptView] = Field(description="oldest first")
+
+
+class WebhookDeliveryList(BaseModel):
+    deliveries: list[WebhookDeliveryView]
+    next_cursor: str | None

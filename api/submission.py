@@ -20,11 +20,11 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from api.errors import ApiError
+from api.errors import ApiError, field_error
 from api.publisher import JobMessage, Publisher
 from api.references import check_references
 from api.validation import parse
-from shared.models import Batch, Job, JobStatus, utcnow
+from shared.models import Batch, Job, JobStatus, Tenant, utcnow
 from shared.queue import queue_for
 from shared.settings import Settings
 from shared.specs import (
@@ -36,6 +36,7 @@ from shared.specs import (
     JobSubmission,
     Spec,
 )
+from shared.webhooks import WebhookUrlError, check_url, parse_events
 
 PUBLISHED_UPDATE_CHUNK = 1000
 log = logging.getLogger("genq.api")
@@ -79,6 +80,23 @@ def _row(job: PreparedJob, tenant_id: uuid.UUID, settings: Settings, now: dt.dat
         "updated_at": now,
         **extra,
     }
+
+
+def _webhook(
+    session: Session, tenant_id: uuid.UUID, spec: JobSubmission | BatchSubmission, settings: Settings
+) -> dict[str, Any]:
+    """The webhook columns of a submission, checked (https, a public address, a tenant secret to sign
+    with); 422 naming `webhook` otherwise. Checked before anything is written."""
+    if spec.webhook is None:
+        return {}
+    try:
+        check_url(spec.webhook, settings)
+    except WebhookUrlError as exc:
+        raise field_error(422, "invalid_request", "webhook", str(exc)) from None
+    if session.scalar(select(Tenant.webhook_secret).where(Tenant.id == tenant_id)) is None:
+        message = "the tenant has no webhook secret yet; an admin makes one: genq admin webhook-secret TENANT"
+        raise field_error(422, "invalid_request", "webhook", message)
+    return {"webhook_url": spec.webhook, "webhook_events": parse_events(spec.webhook_events)}
 
 
 def _conflict() -> ApiError:
@@ -137,7 +155,8 @@ def submit_job(
     if key is not None and (existing := _existing_job(session, tenant_id, key, prepared)):
         return existing, False
     check_references(session, tenant_id, [("params", prepared.kind, params)])
-    row = _row(prepared, tenant_id, settings, utcnow(), idempotency_key=key)
+    webhook = _webhook(session, tenant_id, submission, settings)
+    row = _row(prepared, tenant_id, settings, utcnow(), idempotency_key=key, **webhook)
     job = Job(**row)
     session.add(job)
     try:
@@ -162,6 +181,8 @@ def _prepare_batch(submission: BatchSubmission) -> tuple[list[PreparedJob], list
     prepared, refs = [], []
     for i, item in enumerate(submission.expand()):
         prefix = f"items.{i}." if submission.items is not None else "template."
+        if item.webhook is not None:
+            raise field_error(422, "invalid_request", f"{prefix}webhook", "give webhook on the batch")
         own_priority = "priority" in item.model_fields_set
         job, params = _prepare(item, prefix, item.priority if own_priority else submission.priority)
         prepared.append(job)
@@ -200,10 +221,12 @@ def submit_batch(
     if key is not None and (existing := _existing_batch(session, tenant_id, key, prepared)):
         return (*existing, False)
     check_references(session, tenant_id, refs)
+    webhook = _webhook(session, tenant_id, submission, settings)
     now = utcnow()
     batch = Batch(
-        id=uuid.uuid4(), tenant_id=tenant_id, total=len(prepared), idempotency_key=key, created_at=now
-    )
+        id=uuid.uuid4(), tenant_id=tenant_id, total=len(prepared), idempotency_key=key, created_at=now,
+        **webhook,
+    )  # fmt: skip
     # Item i is created i microseconds after the first: listings and the queue keep the batch's order.
     rows = [
         _row(job, tenant_id, settings, now + dt.timedelta(microseconds=i), batch_id=batch.id)

@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -103,6 +105,11 @@ class Tenant(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Signs webhook deliveries, so stored as given ("whsec_..."), shown once by `genq admin`. After a
+    # rotation the previous secret signs too, for a grace period (shared/webhooks.py).
+    webhook_secret: Mapped[str | None] = mapped_column(String(100))
+    webhook_secret_previous: Mapped[str | None] = mapped_column(String(100))
+    webhook_secret_rotated_at: Mapped[dt.datetime | None]
 
 
 class ApiKey(Base):
@@ -130,6 +137,8 @@ class Batch(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     canceled_at: Mapped[dt.datetime | None]
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_events: Mapped[str | None] = mapped_column(String(64))  # comma-separated: "started,completed"
 
     __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key", name="uq_batches_tenant_idempotency"),)
 
@@ -162,6 +171,8 @@ class Job(Base):
     published_at: Mapped[dt.datetime | None]
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_events: Mapped[str | None] = mapped_column(String(64))  # comma-separated: "started,completed"
 
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="job", order_by="Artifact.name", cascade="all, delete-orphan"
@@ -173,6 +184,13 @@ class Job(Base):
         Index("ix_jobs_queue_order", "status", "queue", "priority", "created_at"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_batch_status", "batch_id", "status"),
+        # The webhook dispatcher looks for recently finished jobs whose completed event is missing.
+        Index(
+            "ix_jobs_webhook_finished",
+            "finished_at",
+            postgresql_where=text("webhook_url IS NOT NULL"),
+            sqlite_where=text("webhook_url IS NOT NULL"),
+        ),
         Index("ix_jobs_gc", "outputs_swept_at", "finished_at"),
     )
 
@@ -239,3 +257,55 @@ class Artifact(Base):
     job: Mapped[Job] = relationship(back_populates="artifacts")
 
     __table_args__ = (UniqueConstraint("job_id", "name", name="uq_artifacts_job_name"),)
+
+class WebhookDelivery(Base):
+    """One event for one webhook URL: its id is the `webhook-id` header, the same on every attempt.
+
+    Written in the transaction that changes the job (an outbox row). `next_attempt_at` is when the next
+    attempt may start and, while one runs, until when that attempt holds the delivery."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE"), index=True
+    )
+    subject_id: Mapped[uuid.UUID] = mapped_column(Uuid)  # the job or batch the event is about
+    # "started" / "completed" (once per subject) or "progress@<unix second>" (batches: once a second)
+    dedup: Mapped[str | None] = mapped_column(String(32))
+    event: Mapped[str] = mapped_column(String(32))  # "job.completed", "batch.started", ...
+    url: Mapped[str] = mapped_column(String(2048))
+    body: Mapped[str] = mapped_column(Text)  # the exact JSON that is signed and sent
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | succeeded | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None]
+    published_at: Mapped[dt.datetime | None]
+    retry_from: Mapped[dt.datetime] = mapped_column(default=utcnow)  # creation, or the last resend
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[dt.datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("subject_id", "dedup", name="uq_webhook_deliveries_subject_dedup"),
+        Index("ix_webhook_deliveries_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    )
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery: what the receiver answered, or why there was no answer."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    number: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(String(500))

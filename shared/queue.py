@@ -17,6 +17,8 @@ TASK_NAMES: dict[JobKind, str] = {
     JobKind.evaluate: "genq.evaluate",
 }
 SWEEP_TASK = "genq.sweep"
+# Webhook deliveries: their own queue (settings.webhook_queue), served by `python -m worker.webhooks`.
+WEBHOOK_TASK = "genq.webhook.deliver"
 
 
 def queue_for(kind: JobKind, settings: Settings) -> str:

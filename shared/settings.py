@@ -74,6 +74,18 @@ class Settings(BaseSettings):
     # How often a worker pings its database; it stops consuming while the pings fail.
     database_check_seconds: float = Field(2.0, gt=0)
 
+    # Webhooks: deliveries run on their own queue (a light worker, `python -m worker.webhooks`), retried
+    # with exponential backoff (base, doubling, capped at max_interval) for retry_window seconds.
+    # Targets must be https and resolve to public addresses unless these allow more (embedded mode does).
+    webhook_queue: str = "genq.webhooks"
+    webhook_allow_http: bool = False
+    webhook_allow_private: bool = Field(False, description="allow loopback/private/link-local targets")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=120, description="per attempt, connect and read")
+    webhook_retry_base_seconds: float = Field(5.0, gt=0)
+    webhook_retry_max_interval_seconds: float = Field(3600.0, gt=0)
+    webhook_retry_window_seconds: float = Field(24 * 3600.0, ge=0)
+    webhook_poll_seconds: float = Field(1.0, gt=0, description="how often due retries are dispatched")
+
     # Uploads
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024)
 

@@ -151,7 +151,32 @@ def cmd_gc(args: argparse.Namespace, out: TextIO) -> int:
     return 1 if report.failed else 0
 
 
+def cmd_webhook_secret(args: argparse.Namespace, out: TextIO) -> int:
+    """Make the tenant's webhook secret, or with --rotate a new one; printed this once, like an API key
+    (genq keeps it to sign with, but never shows it again)."""
+    from shared.tenants import find_tenant
+    from shared.webhooks import ROTATION_GRACE, rotate_secret
+
+    with _session(settings_for(args)) as session:
+        tenant = find_tenant(session, args.tenant)
+        if tenant is None:
+            raise AdminError(f"no tenant named or with id {args.tenant!r} (see `genq admin list-tenants`)")
+        if tenant.webhook_secret is not None and not args.rotate:
+            raise AdminError(
+                f"tenant {tenant.name} already has a webhook secret (shown when it was made); "
+                "--rotate replaces it"
+            )
+        had_one = tenant.webhook_secret is not None
+        secret = rotate_secret(session, tenant)
+        session.commit()
+        grace = f"; the previous one also signs for {ROTATION_GRACE}" if had_one else ""
+        sys.stderr.write(f"webhook secret for tenant {tenant.name}{grace}; it is shown only this once:\n")
+        out.write(secret + "\n")
+    return 0
+
+
 ADMIN_COMMANDS = {
+    "webhook-secret": cmd_webhook_secret,
     "create-tenant": cmd_create_tenant,
     "create-key": cmd_create_key,
     "list-tenants": cmd_list_tenants,

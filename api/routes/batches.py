@@ -10,6 +10,7 @@ from api.auth import tenant_id
 from api.context import api, db
 from api.long_poll import long_poll, wait_seconds
 from api.queries import batch_counts, get_owned
+from api.routes.webhooks import record_cancel
 from api.submission import submit_batch
 from api.validation import idempotency_key, json_body, parse_id
 from api.views import batch_view
@@ -50,6 +51,7 @@ def cancel(batch_id: str) -> Response:
     session = db()
     batch = get_owned(session, Batch, batch_id, tenant_id())
     cancel_batch(session, batch.id)
+    record_cancel(session, batch_id=batch.id)
     session.commit()
     api().notifier.changed([batch.id])
     session.refresh(batch)
