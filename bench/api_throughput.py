@@ -2,11 +2,13 @@
 the same run:
 
 (a) status polls: K concurrent clients GET /v1/jobs/{id} (a succeeded job with four artifacts, so each
-    reply mints four presigned URLs) for a fixed time, for a few gunicorn worker/thread settings; beside
-    GET /healthz on the same server (no database, no auth).
+    reply carries four presigned URLs), then the same poll answered 304 through If-None-Match, for a fixed
+    time, for a few gunicorn worker/thread settings; beside GET /healthz on the same server (no database,
+    no auth).
 (b) a 10,000-item batch: POST /v1/batches (a generate template + 10,000 seeds) over HTTP; beside the bare
     cost of the same rows: one executemany INSERT of 10,000 job rows (psycopg, one transaction) and 10,000
     Redis LPUSH of a message of the same size, pipelined 1,000 at a time like the API's publisher.
+(c) long polls: many clients waiting with `?wait=30` on one API process, /healthz beside them.
 
     python -m bench.api_throughput
     python -m bench.api_throughput --seconds 10 --clients 16 --configs "-w 2" "-w 2 --threads 4"
@@ -191,7 +193,7 @@ def load_threads(url: str, headers: dict[str, str], clients: int, seconds: float
                 started = time.perf_counter()
                 status = session.get(url, headers=headers, timeout=10).status_code
                 latencies[i].append(time.perf_counter() - started)
-                errors[i] += status != 200
+                errors[i] += status >= 400
 
     threads = [threading.Thread(target=poll, args=(i,)) for i in range(clients)]
     began = time.monotonic()
@@ -231,16 +233,50 @@ def poll_benchmark(found: Services, tenant: ApiTenant, job_id: str, args: argpar
             assert reply.status_code == 200 and len(reply.json()["artifacts"]) == len(ARTIFACTS), reply.text
             load(server, "/healthz", {}, args.clients, 1)  # warm every worker and connection pool
             load(server, status_path, tenant.headers, args.clients, 1)
+            unchanged = {**tenant.headers, "If-None-Match": reply.headers["ETag"]}
+            assert requests.get(server.base + status_path, headers=unchanged, timeout=30).status_code == 304
             health = load(server, "/healthz", {}, args.clients, args.seconds)
             status = load(server, status_path, tenant.headers, args.clients, args.seconds)
+            not_modified = load(server, status_path, unchanged, args.clients, args.seconds)
         print(f" gunicorn {config}:")
         print(describe("GET /healthz", health))
         print(describe("GET /v1/jobs/{id}", status))
-        cpu_ratio = (status.server_cpu / status.requests) / (health.server_cpu / health.requests)
-        print(
-            f"  status / healthz: {status.rps / health.rps:.2f}x the throughput,"
-            f" {status.p50 / health.p50:.1f}x the p50 latency, {cpu_ratio:.1f}x the server CPU per request"
-        )
+        print(describe("  ... 304", not_modified))
+        for label, result in (("status", status), ("304", not_modified)):
+            cpu_ratio = (result.server_cpu / result.requests) / (health.server_cpu / health.requests)
+            print(
+                f"  {label} / healthz: {result.rps / health.rps:.2f}x the throughput,"
+                f" {result.p50 / health.p50:.1f}x the p50 latency, {cpu_ratio:.1f}x the server CPU per"
+                " request"
+            )
+
+
+def waiter_benchmark(found: Services, tenant: ApiTenant, job_id: str, args: argparse.Namespace) -> None:
+    """How many `?wait=` long polls one API process holds, and what they cost the polls beside them."""
+    config = f"-w 1 --threads {args.waiters + 4}"
+    print(f"\n(c) {args.waiters} clients waiting with ?wait=30 on one gunicorn process ({config})")
+    with gunicorn(found, config, found.workdir / "gunicorn-wait.log") as server:
+        url = f"{server.base}/v1/jobs/{job_id}?wait=30"
+        etag = requests.get(url.split("?")[0], headers=tenant.headers, timeout=30).headers["ETag"]
+        headers = {**tenant.headers, "If-None-Match": etag}
+        done: list[int] = []
+        before = server_cpu_seconds(server.pid)
+
+        def wait_once() -> None:
+            with requests.Session() as session:
+                done.append(session.get(url, headers=headers, timeout=60).status_code)
+
+        threads = [threading.Thread(target=wait_once) for _ in range(args.waiters)]
+        for thread in threads:
+            thread.start()
+        time.sleep(3)  # every waiter is parked in the API by now
+        health = load(server, "/healthz", {}, 2, args.seconds)
+        for thread in threads:
+            thread.join(timeout=60)
+        cpu = server_cpu_seconds(server.pid) - before - health.server_cpu
+    print(describe("GET /healthz", health) + "  (beside the waiters)")
+    codes = {code: done.count(code) for code in set(done)}
+    print(f"  {len(done)} waits ended {codes}; server CPU for all of them {cpu * 1e3:.0f} ms")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -343,6 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=8, help="concurrent connections")
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), help="gunicorn settings")
     parser.add_argument("--batches", type=int, default=3, help="10,000-item batches to time")
+    parser.add_argument("--waiters", type=int, default=60, help="concurrent ?wait= clients to hold")
     args = parser.parse_args(argv)
     began = time.monotonic()
     print(f"genq API throughput, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; {machine_line()}", flush=True)
@@ -350,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
         tenant = make_tenant(found.settings)
         model_id, job_id = add_model_and_job(found, tenant)
         poll_benchmark(found, tenant, job_id, args)
+        waiter_benchmark(found, tenant, job_id, args)
         batch_benchmark(found, tenant, model_id, args.batches)
     print(f"\n{machine_line()}; total {time.monotonic() - began:.0f} s", flush=True)
 
