@@ -1,0 +1,143 @@
+"""A worker whose database stops answering does not consume: its messages stay in the broker for another
+worker (or for itself, once its database answers again). Its database connection runs through a TCP
+proxy the test cuts (connections closed, new ones refused) and restores; the fault suite does the same
+with network namespaces."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+
+from shared.models import JobStatus
+from shared.specs import JobKind
+from tests.conftest import free_port
+from tests.integration.conftest import JobClient, WorkerProcess, Workers
+from worker.sweeper import broker_task_ids, queue_keys
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+class CuttableProxy:
+    """Forwards 127.0.0.1:<port> to an upstream port until cut; `restore` listens on the same port."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self._server: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.restore()
+
+    def restore(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self._server,), daemon=True).start()
+
+    def cut(self) -> None:
+        assert self._server is not None
+        with contextlib.suppress(OSError):  # wakes the accept() blocked on it (close alone does not)
+            self._server.shutdown(socket.SHUT_RDWR)
+        self._server.close()
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._sockets.clear()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture()
+def proxy(worker_env: dict[str, str]) -> Iterator[CuttableProxy]:
+    upstream = urlsplit(worker_env["GENQ_DATABASE_URL"].replace("postgresql+psycopg", "postgresql"))
+    assert upstream.hostname == "127.0.0.1" and upstream.port
+    proxy = CuttableProxy(upstream.port)
+    yield proxy
+    proxy.cut()
+
+
+def _logged(worker: WorkerProcess, text: str, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in worker.log_text():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _waiting_in_broker(jobs: JobClient, job_id: uuid.UUID) -> bool:
+    settings = jobs.settings
+    client = redis.Redis.from_url(settings.broker_url)
+    try:
+        keys = queue_keys([settings.train_queue, settings.sample_queue], ":", range(10))
+        return str(job_id) in broker_task_ids(client, keys)
+    finally:
+        client.close()
+
+
+def test_a_worker_cut_off_from_its_database_leaves_messages_in_the_broker(
+    worker_env: dict[str, str], jobs: JobClient, proxy: CuttableProxy, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    url = urlsplit(worker_env["GENQ_DATABASE_URL"])
+    via_proxy = url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}").geturl()
+    pool = Workers({**worker_env, "GENQ_DATABASE_URL": via_proxy}, tmp_path / "logs")
+    try:
+        worker = pool.start()
+        proxy.cut()
+        assert _logged(worker, "stopped consuming from"), worker.log_text()[-3000:]
+
+        options = {"max_steps": 5, "width": 8, "batch_size": 16, "augment": False}
+        job_id = jobs.submit(JobKind.train, {"family": "cnn", "dataset": "digits", "options": options})
+        deadline = time.monotonic() + 5  # long enough for a consuming worker to have taken it
+        while time.monotonic() < deadline:
+            job = jobs.get(job_id)
+            assert (job.status, job.attempts) == (JobStatus.queued, 0)
+            time.sleep(0.2)
+        # A fetch already under way when the queues were canceled hands its message back (kombu requeues
+        # a message no consumer wants), so it may be away for a moment; it must be back in its list.
+        deadline = time.monotonic() + 5
+        while not _waiting_in_broker(jobs, job_id):
+            assert time.monotonic() < deadline, "the message left the broker"
+            time.sleep(0.1)
+
+        proxy.restore()  # the database answers again: the worker consumes and runs the job
+        assert _logged(worker, "the database answers again"), worker.log_text()[-3000:]
+        job = jobs.wait(job_id, timeout=90)
+        assert (job.status, job.attempts) == (JobStatus.succeeded, 1), (job.error_code, job.error_message)
+    finally:
+        pool.stop_all()
