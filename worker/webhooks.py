@@ -1,6 +1,6 @@
 """The webhook worker: posts recorded events to their receivers, on its own queue and in its own process.
 
-    python -m worker.webhooks     # celery -A worker.webhooks worker --pool threads -c 8 -Q genq.webhooks
+    python -m worker.webhooks     # = celery -A worker.webhooks worker --pool threads -c 8
 
 Why a process of its own rather than a task on the GPU workers: a delivery is a wait on someone else's
 server (up to `webhook_timeout_seconds`, retried for hours), and a GPU worker runs one task at a time, so a
@@ -362,13 +362,13 @@ class DispatcherStep(bootsteps.StartStopStep):
 app.steps["worker"].add(DispatcherStep)
 
 
-def worker_argv(loglevel: str = "INFO") -> list[str]:
-    """The command line of a webhook worker (threads: deliveries wait on the network, not the CPU)."""
+def worker_argv(hostname: str = "webhooks@%h", loglevel: str = "INFO") -> list[str]:
+    """The command line of a webhook worker: threads (deliveries wait on the network, not the CPU); the
+    queue is this process's settings.webhook_queue (the app's task_queues), so no -Q."""
     return [
         sys.executable, "-m", "celery", "-A", "worker.webhooks", "worker",
-        "--pool", "threads", "--concurrency", str(CONCURRENCY), "--queues", queue,
-        "--hostname", "webhooks@%h", "--loglevel", loglevel,
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--pool", "threads", "--concurrency", str(CONCURRENCY), "--hostname", hostname,
+        "--loglevel", loglevel, "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
 
 

@@ -122,6 +122,26 @@ class Workers:
             worker.wait_ready()
         return worker
 
+    def start_webhooks(self, timeout: float = READY_TIMEOUT) -> WorkerProcess:
+        """The webhook delivery worker (`celery -A worker.webhooks worker`: threads, no torch)."""
+        from worker.webhooks import worker_argv
+
+        name = f"webhooks{len(self.started) + 1}"
+        log = self.logdir / f"{name}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                worker_argv(f"{name}@%h"), cwd=ROOT, env={**os.environ, **self.env},
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        worker = WorkerProcess(name, process, log)
+        self.started.append(worker)
+        deadline = time.monotonic() + timeout
+        while " ready." not in worker.log_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"webhook worker not ready:\n{worker.log_text()[-3000:]}")
+            time.sleep(0.1)
+        return worker
+
     def stop_all(self) -> None:
         for worker in self.started:
             worker.stop()
