@@ -20,7 +20,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 BENCH_MODULES ?= bench.queue_latency bench.api_throughput
 
-.PHONY: help setup dataset services demo test lint up bench clean
+.PHONY: help setup dataset services browser demo test lint up bench clean
 
 help:
 	@sed -n '3,8p' Makefile | sed 's/^# *//'
@@ -55,7 +55,11 @@ demo: setup
 up: setup
 	$(VENV)/bin/genq up
 
-test: setup services
+# The dashboard's browser test drives Debian's chromium through Playwright (installed with the dev extra).
+browser:
+	@command -v chromium >/dev/null 2>&1 || $(call apt_install,chromium)
+
+test: setup services browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -12,10 +12,13 @@ from flask import Flask
 
 from api.auth import install_auth
 from api.context import ApiContext, install
+from api.dashboard import bp as dashboard
 from api.download_urls import DownloadUrls
 from api.errors import register_error_handlers
 from api.key_cache import KeyCache
+from api.metrics import install_metrics
 from api.publisher import CeleryPublisher, Publisher
+from api.request_context import bind_tenant_to_logs, install_request_context
 from api.routes import batches, datasets, health, jobs, models, objects, openapi, webhooks
 from api.waiting import ChangeWaiters
 from shared.db import session_factory
@@ -48,8 +51,12 @@ def create_app(settings: Settings | None = None, publisher: Publisher | None = N
             notifier=ChangeNotifier(settings.broker_url),
         ),
     )
+    install_request_context(app)
+    install_metrics(app)
     install_auth(app)
+    app.before_request(bind_tenant_to_logs)
     register_error_handlers(app)
+    app.register_blueprint(dashboard)
     for module in (jobs, batches, models, datasets, objects, health, openapi, webhooks):
         app.register_blueprint(module.bp)
     logging.getLogger("genq.api").setLevel(logging.INFO)

@@ -115,6 +115,8 @@ ROUTES: tuple[Operation, ...] = (
         *PAGING), errors=LIST),
     Operation("post", "/v1/webhooks/deliveries/{delivery_id}/resend", "Send a delivery again (same id)",
               s.WebhookDeliveryView, 202, errors=READ),
+    Operation("get", "/metrics", "Prometheus metrics: send the operator token (GENQ_METRICS_TOKEN)",
+              {"text/plain": {"schema": {"type": "string"}}}, errors=(401, 403, 404)),
 )  # fmt: skip
 
 RESPONSES = [s.ErrorResponse, *{op.response for op in ROUTES if not isinstance(op.response, dict)}]

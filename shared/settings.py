@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "genq-development-secret-do-not-use-in-production"
@@ -96,6 +96,19 @@ class Settings(BaseSettings):
     # bf16 autocast in training where the device computes bf16 natively (recent GPUs, AVX512-BF16/AMX CPUs)
     mixed_precision: bool = True
 
+    # Observability. Logs: JSON lines carrying job_id, tenant_id, attempt, request_id ("text" for a
+    # terminal). Metrics are for operators: the API serves /metrics only to `Bearer <metrics_token>`
+    # (unset: no /metrics); each worker serves its own on worker_metrics_port (0: off).
+    log_format: Literal["json", "text"] = "json"
+    metrics_token: str | None = Field(None, min_length=16)
+    metrics_sql_cache_seconds: float = Field(5.0, ge=0, description="SQL-derived gauges are this fresh")
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return value or None  # GENQ_METRICS_TOKEN= (compose's default) means no token
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.heartbeat_seconds >= self.lease_seconds:
@@ -113,14 +126,6 @@ class Settings(BaseSettings):
     @property
     def sql_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'genq.db').resolve()}"
-    # Observability. Logs: JSON lines carrying job_id, tenant_id, attempt, request_id ("text" for a
-    # terminal). Metrics are for operators: the API serves /metrics only to `Bearer <metrics_token>`
-    # (unset: no /metrics); each worker serves its own on worker_metrics_port (0: off).
-    log_format: Literal["json", "text"] = "json"
-    metrics_token: str | None = Field(None, min_length=16)
-    metrics_sql_cache_seconds: float = Field(5.0, ge=0, description="SQL-derived gauges are this fresh")
-    worker_metrics_port: int = Field(0, ge=0, le=65535)
-
 
     @property
     def storage_dir(self) -> Path:

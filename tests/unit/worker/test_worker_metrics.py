@@ -1,0 +1,43 @@
+"""What a delivery did, judged from the job row after it (worker.metrics.outcome_of); training rates."""
+
+from __future__ import annotations
+
+import uuid
+
+from shared.models import Job, JobStatus
+from shared.specs import JobKind
+from worker.metrics import Started, outcome_of, training_rate
+
+BEFORE = Started(monotonic=0.0, attempts_before=1, owner_prefix="w1@host:123:")
+
+
+def job(status: JobStatus, attempts: int, owner: str | None, **extra: object) -> Job:
+    return Job(
+        id=uuid.uuid4(), kind=JobKind.train, params={}, status=status, attempts=attempts, lease_owner=owner,
+        **extra,
+    )  # fmt: skip
+
+
+def test_outcome_of_a_delivery() -> None:
+    assert outcome_of(job(JobStatus.succeeded, 2, "w1@host:123:ab12"), BEFORE) == "succeeded"
+    assert outcome_of(job(JobStatus.canceled, 2, "w1@host:123:ab12"), BEFORE) == "canceled"
+    # Not claimed by this delivery: attempts did not move (a repeated message, a canceled job).
+    assert outcome_of(job(JobStatus.succeeded, 1, "w2@host:9:cd34"), BEFORE) == "skipped"
+    assert outcome_of(None, BEFORE) == "skipped"
+    # Claimed, then taken over (requeued by the sweeper, finished by another worker's attempt).
+    assert outcome_of(job(JobStatus.queued, 2, None), BEFORE) == "lost"
+    assert outcome_of(job(JobStatus.succeeded, 3, "w2@host:9:cd34"), BEFORE) == "lost"
+    # Another process of the same host: pid differs.
+    assert outcome_of(job(JobStatus.failed, 2, "w1@host:1234:ab12"), BEFORE) == "lost"
+
+
+def test_training_rate_from_result_or_last_progress() -> None:
+    gan = job(JobStatus.succeeded, 1, "x", result={"metrics": {"samples_per_sec": 812.5}})
+    assert training_rate(gan) == 812.5
+    cnn = job(
+        JobStatus.succeeded, 1, "x", result={"metrics": {}}, progress={"metrics": {"samples_per_sec": 90}}
+    )
+    assert training_rate(cnn) == 90.0
+    assert (
+        training_rate(job(JobStatus.succeeded, 1, "x", result={"metrics": {"samples_per_sec": True}})) is None
+    )
