@@ -79,6 +79,9 @@ def embedded_environment(config: EmbeddedConfig) -> dict[str, str]:
         # else running) spinning threads that lose their core made a GAN step 8x slower (measured).
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY") or "PASSIVE",
         "PYTHONUNBUFFERED": "1",
+        # One machine, one user: webhooks may go to http and local receivers (production refuses both).
+        "GENQ_WEBHOOK_ALLOW_HTTP": os.environ.get("GENQ_WEBHOOK_ALLOW_HTTP") or "true",
+        "GENQ_WEBHOOK_ALLOW_PRIVATE": os.environ.get("GENQ_WEBHOOK_ALLOW_PRIVATE") or "true",
     }
     return env
 
@@ -230,6 +233,11 @@ class EmbeddedSystem:
             )
             worker.start()
             self.children.append(worker)
+        # Webhook deliveries in a light process of their own (threads, no torch): a slow receiver never
+        # holds a job worker.
+        webhooks = Child("webhooks", [sys.executable, "-m", "worker.webhooks"], env, logs / "webhooks.log")
+        webhooks.start()
+        self.children.append(webhooks)
         self._write_state(ready=True)
         self._banner(queues)
 

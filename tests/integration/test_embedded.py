@@ -112,7 +112,7 @@ def test_up_runs_a_job_stops_cleanly_and_keeps_everything(embedded: Embedded, tm
     broker.close()
 
     children = embedded.children()
-    assert len(children) == 3  # API, one worker, broker
+    assert len(children) == 4  # API, one worker, the webhook worker, broker
     assert embedded.stop() == 0
     assert not any(pid_alive(pid) for pid in children), "a child outlived genq up"
     assert "ready" not in read_state(embedded.data_dir)

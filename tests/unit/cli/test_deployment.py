@@ -41,6 +41,13 @@ def test_services_and_healthchecks(compose: dict[str, Any]) -> None:
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
+def test_webhooks_have_a_light_worker_of_their_own(compose: dict[str, Any]) -> None:
+    service = compose["services"]["webhooks"]
+    assert service["command"] == ["python", "-m", "worker.webhooks"] and service["entrypoint"] == []
+    assert "deploy" not in service  # no GPU
+    assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
 def test_redis_keeps_every_message(compose: dict[str, Any]) -> None:
     command = compose["services"]["redis"]["command"]
     assert command[command.index("--appendonly") + 1] == "yes"

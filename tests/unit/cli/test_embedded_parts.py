@@ -39,6 +39,10 @@ def test_environment_points_children_at_the_embedded_services(
     monkeypatch.setenv("GENQ_SIGNING_SECRET", "from-the-environment")
     env = embedded_environment(config)
     assert env["GENQ_TORCH_THREADS"] == "1" and env["GENQ_SIGNING_SECRET"] == "from-the-environment"
+    # Webhooks to local http receivers are this machine's user's own business; an explicit value wins.
+    assert env["GENQ_WEBHOOK_ALLOW_HTTP"] == env["GENQ_WEBHOOK_ALLOW_PRIVATE"] == "true"
+    monkeypatch.setenv("GENQ_WEBHOOK_ALLOW_PRIVATE", "false")
+    assert embedded_environment(config)["GENQ_WEBHOOK_ALLOW_PRIVATE"] == "false"
 
 
 def test_commands() -> None:
