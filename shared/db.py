@@ -53,15 +53,9 @@ def make_engine(url: str, statement_timeout_seconds: float | None = None, **kwar
     elif not url.startswith("postgresql"):
         connect_args = {}  # the options above are libpq's
     # pre-ping: a pooled connection that died while idle (database restart, failover) is replaced on
-    # checkout instead of failing the first statement; the pool's own wait is bounded too.
+    # checkout instead of failing the first statement.
     return create_engine(
-        url,
-        pool_pre_ping=True,
-        pool_size=5,
-        max_overflow=10,
-        pool_timeout=CONNECT_TIMEOUT_SECONDS,
-        connect_args=connect_args,
-        **kwargs,
+        url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args=connect_args, **kwargs
     )
 
 

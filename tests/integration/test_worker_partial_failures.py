@@ -1,7 +1,12 @@
-"""A worker whose database stops answering does not consume: its messages stay in the broker for another
-worker (or for itself, once its database answers again). Its database connection runs through a TCP
-proxy the test cuts (connections closed, new ones refused) and restores; the fault suite does the same
-with network namespaces."""
+"""Parts cut off rather than dead, on real workers.
+
+- A worker whose database stops answering does not consume: its messages stay in the broker for another
+  worker (or for itself, once its database answers again). Its database connection runs through a TCP
+  proxy the test cuts (connections closed, new ones refused) and restores; the fault suite does the same
+  with network namespaces.
+- A message the broker lost is published again after `publish_grace_seconds`, not after
+  `requeue_after_seconds`.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +20,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
+from sqlalchemy import update
 
-from shared.models import JobStatus
+from shared.models import Job, JobStatus, utcnow
 from shared.specs import JobKind
 from tests.conftest import free_port
 from tests.integration.conftest import JobClient, WorkerProcess, Workers
@@ -100,6 +106,11 @@ def _logged(worker: WorkerProcess, text: str, timeout: float = 30) -> bool:
     return False
 
 
+def _train_params() -> dict[str, object]:
+    options = {"max_steps": 5, "width": 8, "batch_size": 16, "augment": False}
+    return {"family": "cnn", "dataset": "digits", "options": options}
+
+
 def _waiting_in_broker(jobs: JobClient, job_id: uuid.UUID) -> bool:
     settings = jobs.settings
     client = redis.Redis.from_url(settings.broker_url)
@@ -121,8 +132,7 @@ def test_a_worker_cut_off_from_its_database_leaves_messages_in_the_broker(
         proxy.cut()
         assert _logged(worker, "stopped consuming from"), worker.log_text()[-3000:]
 
-        options = {"max_steps": 5, "width": 8, "batch_size": 16, "augment": False}
-        job_id = jobs.submit(JobKind.train, {"family": "cnn", "dataset": "digits", "options": options})
+        job_id = jobs.submit(JobKind.train, _train_params())
         deadline = time.monotonic() + 5  # long enough for a consuming worker to have taken it
         while time.monotonic() < deadline:
             job = jobs.get(job_id)
@@ -139,5 +149,34 @@ def test_a_worker_cut_off_from_its_database_leaves_messages_in_the_broker(
         assert _logged(worker, "the database answers again"), worker.log_text()[-3000:]
         job = jobs.wait(job_id, timeout=90)
         assert (job.status, job.attempts) == (JobStatus.succeeded, 1), (job.error_code, job.error_message)
+    finally:
+        pool.stop_all()
+
+
+def test_a_message_the_broker_lost_is_published_again_within_seconds(
+    worker_env: dict[str, str], jobs: JobClient, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """The broker loses a queued job's message (a flush, a failover without persistence). The sweeper
+    sees the job neither waiting in the queue lists nor held by a worker, and publishes it again once
+    `publish_grace_seconds` have passed, though `requeue_after_seconds` is five minutes."""
+    job_id = jobs.submit(JobKind.train, _train_params())
+    assert _waiting_in_broker(jobs, job_id)
+    client = redis.Redis.from_url(jobs.settings.broker_url)
+    try:
+        settings = jobs.settings
+        client.delete(*queue_keys([settings.train_queue, settings.sample_queue], ":", range(10)))
+    finally:
+        client.close()
+    assert not _waiting_in_broker(jobs, job_id)
+    with jobs.sessions.begin() as session:  # as published a moment ago (the worker takes a while to start)
+        session.execute(update(Job).where(Job.id == job_id).values(published_at=utcnow()))
+
+    env = {**worker_env, "GENQ_REQUEUE_AFTER_SECONDS": "300", "GENQ_PUBLISH_GRACE_SECONDS": "2"}
+    pool = Workers(env, tmp_path / "logs")
+    try:
+        worker = pool.start()
+        job = jobs.wait(job_id, timeout=60)
+        assert (job.status, job.attempts) == (JobStatus.succeeded, 1), (job.error_code, job.error_message)
+        assert f"job {job_id} was queued with no message in the broker" in worker.log_text()
     finally:
         pool.stop_all()
