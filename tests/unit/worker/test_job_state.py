@@ -177,3 +177,31 @@ def test_find_lost_queued_and_mark_published(sessions: Sessions, make_job: MakeJ
 def test_lease_dataclass_matches_claim(sessions: Sessions, make_job: MakeJob) -> None:
     job_id = make_job()
     assert _lease(sessions, job_id, owner="host:1") == Lease(job_id, 1, "host:1")
+
+
+def test_release_for_retry_requeues_while_attempts_last(sessions: Sessions, make_job: MakeJob) -> None:
+    job_id = make_job(published_at=utcnow())
+    for attempt in (1, 2):
+        lease = _lease(sessions, job_id)
+        with sessions.begin() as session:
+            assert job_state.release_for_retry(session, lease, max_attempts=3) == JobStatus.queued
+        job = _job(sessions, job_id)
+        assert (job.status, job.attempts, job.lease_owner, job.published_at) == (
+            JobStatus.queued,
+            attempt,
+            None,
+            None,
+        )
+        with sessions.begin() as session:  # a stale attempt's release changes nothing
+            assert job_state.release_for_retry(session, lease, max_attempts=3) is None
+    last = _lease(sessions, job_id)
+    with sessions.begin() as session:  # the last attempt: the caller fails the job instead
+        assert job_state.release_for_retry(session, last, max_attempts=3) is None
+    assert _job(sessions, job_id).status == JobStatus.running
+
+    canceling = make_job()
+    lease = _lease(sessions, canceling)
+    with sessions.begin() as session:
+        job_state.request_cancel(session, canceling)
+        assert job_state.release_for_retry(session, lease, max_attempts=3) == JobStatus.canceled
+    assert _job(sessions, canceling).status == JobStatus.canceled
