@@ -7,12 +7,15 @@ A claim that cannot reach the database hands the message back: `Reject(requeue=T
 task makes the worker reject the message with requeue, which kombu's Redis transport implements by
 pushing it back onto its queue list (`QoS.reject` -> `restore_by_tag`) before dropping it from the
 `unacked` hash. Another worker takes it; this one stops consuming until its database answers
-(`worker.consumer_gate`).
+(`worker.consumer_gate`). Celery's guide warns that a requeueing reject can loop; the pause before it
+bounds the loop to one try per `CLAIM_RETRY_PAUSE_SECONDS` per worker while the gate has not yet closed
+(or where the main process reaches the database and the pool process does not).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from types import ModuleType
 
 from celery import Task
@@ -24,6 +27,8 @@ from worker.celery_app import app
 
 log = logging.getLogger(__name__)
 
+CLAIM_RETRY_PAUSE_SECONDS = 1.0
+
 
 def _execute(task: Task, job_id: str, runner: ModuleType) -> None:
     from worker.execution import ClaimUnavailable, execute
@@ -32,6 +37,7 @@ def _execute(task: Task, job_id: str, runner: ModuleType) -> None:
         execute(job_id, runner.run, task.request.hostname)
     except ClaimUnavailable as error:
         log.warning("%s (%s); message handed back to the broker", error, error.__cause__.__class__.__name__)
+        time.sleep(CLAIM_RETRY_PAUSE_SECONDS)
         raise Reject(str(error), requeue=True) from error
 
 

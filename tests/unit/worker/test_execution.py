@@ -265,6 +265,8 @@ def test_a_claim_that_cannot_reach_the_database_is_handed_back(
     # The task turns it into a requeueing reject, so the broker keeps the message for another worker.
     from worker import tasks
 
+    monkeypatch.setattr(tasks, "CLAIM_RETRY_PAUSE_SECONDS", 0)
+
     class Request:
         hostname = "w1@host"
 
