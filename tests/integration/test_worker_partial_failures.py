@@ -4,6 +4,8 @@
   worker (or for itself, once its database answers again). Its database connection runs through a TCP
   proxy the test cuts (connections closed, new ones refused) and restores; the fault suite does the same
   with network namespaces.
+- A claim that fails because the database went away hands its message back to the broker (Celery
+  `Reject(requeue=True)`), so the job runs once a claim gets through, and no sweeper is needed for it.
 - A message the broker lost is published again after `publish_grace_seconds`, not after
   `requeue_after_seconds`.
 """
@@ -124,9 +126,7 @@ def _waiting_in_broker(jobs: JobClient, job_id: uuid.UUID) -> bool:
 def test_a_worker_cut_off_from_its_database_leaves_messages_in_the_broker(
     worker_env: dict[str, str], jobs: JobClient, proxy: CuttableProxy, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
-    url = urlsplit(worker_env["GENQ_DATABASE_URL"])
-    via_proxy = url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}").geturl()
-    pool = Workers({**worker_env, "GENQ_DATABASE_URL": via_proxy}, tmp_path / "logs")
+    pool = Workers({**worker_env, "GENQ_DATABASE_URL": _via_proxy(worker_env, proxy)}, tmp_path / "logs")
     try:
         worker = pool.start()
         proxy.cut()
@@ -147,6 +147,37 @@ def test_a_worker_cut_off_from_its_database_leaves_messages_in_the_broker(
 
         proxy.restore()  # the database answers again: the worker consumes and runs the job
         assert _logged(worker, "the database answers again"), worker.log_text()[-3000:]
+        job = jobs.wait(job_id, timeout=90)
+        assert (job.status, job.attempts) == (JobStatus.succeeded, 1), (job.error_code, job.error_message)
+    finally:
+        pool.stop_all()
+
+
+def _via_proxy(env: dict[str, str], proxy: CuttableProxy) -> str:
+    url = urlsplit(env["GENQ_DATABASE_URL"])
+    return url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}").geturl()
+
+
+def test_a_claim_without_its_database_hands_the_message_back(
+    worker_env: dict[str, str], jobs: JobClient, proxy: CuttableProxy, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """The consumer gate does not ping again during the test (its interval is 10 minutes) and the sweeper
+    would not republish for 5 minutes: only the rejected message can bring the job to a worker."""
+    env = {
+        **worker_env,
+        "GENQ_DATABASE_URL": _via_proxy(worker_env, proxy),
+        "GENQ_DATABASE_CHECK_SECONDS": "600",
+        "GENQ_REQUEUE_AFTER_SECONDS": "300",
+        "GENQ_PUBLISH_GRACE_SECONDS": "300",
+    }
+    pool = Workers(env, tmp_path / "logs")
+    try:
+        worker = pool.start()
+        proxy.cut()
+        job_id = jobs.submit(JobKind.train, _train_params())
+        assert _logged(worker, "message handed back to the broker"), worker.log_text()[-3000:]
+        assert jobs.get(job_id).attempts == 0
+        proxy.restore()
         job = jobs.wait(job_id, timeout=90)
         assert (job.status, job.attempts) == (JobStatus.succeeded, 1), (job.error_code, job.error_message)
     finally:
