@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import random
 import sys
 import threading
@@ -373,4 +374,6 @@ def worker_argv(hostname: str = "webhooks@%h", loglevel: str = "INFO") -> list[s
 
 
 if __name__ == "__main__":
-    app.worker_main(worker_argv()[5:])
+    # The same command line as every deployment's: this module as `-A`, not as __main__ (one app, one
+    # set of tasks).
+    os.execv(sys.executable, worker_argv())
