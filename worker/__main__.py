@@ -52,13 +52,16 @@ def worker_commands(
     cores = cpu_count or os.cpu_count() or 1
     slots = gpus or [None]
     threads = str(max(1, cores // len(slots)))
+    metrics_port = int(os.environ.get("GENQ_WORKER_METRICS_PORT") or 0)
     commands = []
-    for gpu in slots:
+    for index, gpu in enumerate(slots):
         env = {
             "GENQ_TORCH_THREADS": os.environ.get("GENQ_TORCH_THREADS") or threads,
             # Idle intra-op threads sleep instead of spinning: the processes share the host's cores.
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY") or "PASSIVE",
         }
+        if metrics_port:  # each process serves its own metrics: consecutive ports from the one given
+            env["GENQ_WORKER_METRICS_PORT"] = str(metrics_port + index)
         if gpu is None:
             env.update(CUDA_VISIBLE_DEVICES="", GENQ_DEVICE=os.environ.get("GENQ_DEVICE") or "cpu")
             hostname = "cpu@%h"

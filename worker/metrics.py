@@ -274,7 +274,11 @@ def _serve(**_: Any) -> None:
     gpus = GpuCollector.create()
     if gpus is not None:
         registry.register(gpus)  # type: ignore[arg-type]
-    start_http_server(port, registry=registry)
+    try:
+        start_http_server(port, registry=registry)
+    except OSError as error:  # a taken port costs the metrics, never the worker
+        log.error("metrics: cannot serve on port %d (%s); this worker runs without them", port, error)
+        return
     log.info("metrics served on port %d (gpus: %s)", port, [n for n, _ in gpus.handles] if gpus else "none")
 
 

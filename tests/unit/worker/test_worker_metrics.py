@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from shared.models import Job, JobStatus
 from shared.specs import JobKind
 from worker.metrics import Started, outcome_of, training_rate
@@ -41,3 +43,13 @@ def test_training_rate_from_result_or_last_progress() -> None:
     assert (
         training_rate(job(JobStatus.succeeded, 1, "x", result={"metrics": {"samples_per_sec": True}})) is None
     )
+
+
+def test_each_worker_process_gets_its_own_metrics_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.__main__ import worker_commands
+
+    monkeypatch.setenv("GENQ_WORKER_METRICS_PORT", "9400")
+    ports = [env["GENQ_WORKER_METRICS_PORT"] for env, _ in worker_commands(["0", "1", "2"], ["q"])]
+    assert ports == ["9400", "9401", "9402"]
+    monkeypatch.delenv("GENQ_WORKER_METRICS_PORT")
+    assert all("GENQ_WORKER_METRICS_PORT" not in env for env, _ in worker_commands(["0"], ["q"]))
