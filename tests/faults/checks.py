@@ -113,6 +113,18 @@ def orphans(jobs: JobClient, settings: Settings) -> set[str]:
     return set(stored) - named
 
 
+def collect_garbage(jobs: JobClient, settings: Settings, finished: Iterable[Job]) -> None:
+    """What `genq admin gc` does, for these jobs only (the database is shared with other tests, whose
+    objects live in other buckets): delete what no row references under each finished job's prefix."""
+    from shared.storage import make_store
+    from shared.storage_gc import _Finished, sweep_job
+
+    store = make_store(settings)
+    for job in finished:
+        if job.status in TERMINAL_STATUSES and job.finished_at is not None:
+            sweep_job(jobs.sessions, store, _Finished(job.id, job.tenant_id, job.finished_at))
+
+
 def assert_consistent(
     jobs: JobClient,
     settings: Settings,
@@ -122,8 +134,8 @@ def assert_consistent(
 ) -> dict[uuid.UUID, Job]:
     """The suite's invariants over `job_ids` (already final), and `expect`ed statuses if given.
 
-    Stale attempts' uploads may be deleted a little after the job finished (by the finishing attempt or
-    the sweeper): the no-orphan check waits up to `orphan_timeout` for them to go."""
+    The objects no row references are collected first, as an operator's `genq admin gc` would (after the
+    stale attempts stopped); the no-orphan check then waits up to `orphan_timeout` for any stragglers."""
     ids = list(job_ids)
     client = s3_client(settings)
     bucket = settings.s3_bucket
@@ -162,6 +174,7 @@ def assert_consistent(
             if digest != model.checkpoint_sha256:
                 problems.append(f"{job_id}: model.pt sha256 {digest} != row {model.checkpoint_sha256}")
     assert not problems, "\n".join(problems)
+    collect_garbage(jobs, settings, rows.values())
     try:
         eventually(lambda: not orphans(jobs, settings), orphan_timeout, "stale objects cleaned up", 0.5)
     except TimeoutError:

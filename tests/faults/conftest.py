@@ -12,7 +12,10 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -23,10 +26,9 @@ from tests.faults.network import Mode, Namespace, TcpProxy, namespaces_unavailab
 from tests.integration import conftest as integration
 from tests.integration.conftest import WorkerProcess, Workers
 
-# The integration suite's fixtures, registered here too: real services, workers, a job client.
+# The integration suite's fixtures, registered here too: real services, a job client.
 worker_env = integration.worker_env
 worker_settings = integration.worker_settings
-workers = integration.workers
 jobs = integration.jobs
 
 # Longer than any case runs: a job that finishes did not get there by the sweeper's republish-after delay.
@@ -56,17 +58,61 @@ def pool_pid(worker: WorkerProcess, timeout: float = 10.0) -> int:
     raise TimeoutError(f"worker {worker.name} has no pool process")
 
 
-@dataclass
-class Isolated:
-    """A network namespace and the three proxies through which a worker inside it reaches the services."""
+class FaultWorkers(Workers):
+    """Workers stopped with SIGKILL at the end: a worker left cut off or frozen by its case would sit out
+    a warm shutdown, and nothing here needs one (every case has its own queues and bucket)."""
 
-    ns: Namespace
+    def stop_all(self) -> None:
+        for worker in self.started:
+            resume(worker)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.process.pid, signal.SIGKILL)
+            worker.process.wait(timeout=10)
+
+
+@pytest.fixture()
+def workers(worker_env: dict[str, str], worker_settings: Settings, tmp_path: Path) -> Iterator[Workers]:
+    """Workers for one case: start them with `workers.start()` (or `isolate().start(workers)`)."""
+    pool = FaultWorkers(worker_env, tmp_path / "worker-logs")
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
+
+
+@dataclass
+class ServiceProxies:
+    """A TCP proxy in front of each service (Postgres, Redis, S3), listening on one address."""
+
     database: TcpProxy
     broker: TcpProxy
     storage: TcpProxy
 
+    @staticmethod
+    def targets(env: dict[str, str]) -> dict[str, tuple[str, int]]:
+        database = make_url(env["GENQ_DATABASE_URL"])
+        broker = urlsplit(env["GENQ_BROKER_URL"])
+        storage = urlsplit(env["GENQ_S3_ENDPOINT_URL"])
+        return {
+            "database": (database.host or "127.0.0.1", database.port or 5432),
+            "broker": (broker.hostname or "127.0.0.1", broker.port or 6379),
+            "storage": (storage.hostname or "127.0.0.1", storage.port or 80),
+        }
+
+    @classmethod
+    def open(cls, listen_host: str, env: dict[str, str], **extra: Any) -> Any:
+        started: dict[str, TcpProxy] = {}
+        try:
+            for name, (host, port) in cls.targets(env).items():
+                started[name] = TcpProxy(listen_host, host, port, name)
+        except BaseException:
+            for proxy in started.values():
+                proxy.close()
+            raise
+        return cls(**started, **extra)
+
     def env(self, base: dict[str, str]) -> dict[str, str]:
-        """The service URLs of `base`, rewritten to go through this namespace's proxies."""
+        """The service URLs of `base`, rewritten to go through these proxies."""
         database = make_url(base["GENQ_DATABASE_URL"]).set(host=self.database.host, port=self.database.port)
         broker = urlsplit(base["GENQ_BROKER_URL"])._replace(netloc=self.broker.address)
         storage = urlsplit(base["GENQ_S3_ENDPOINT_URL"])._replace(netloc=self.storage.address)
@@ -75,10 +121,6 @@ class Isolated:
             "GENQ_BROKER_URL": urlunsplit(broker),
             "GENQ_S3_ENDPOINT_URL": urlunsplit(storage),
         }
-
-    def start(self, pool: Workers, wait: bool = True, **env: str) -> WorkerProcess:
-        """A worker of `pool` inside the namespace, its services behind the proxies."""
-        return pool.start(wait, env={**self.env(pool.env), **env}, wrap=self.ns.command)
 
     @property
     def proxies(self) -> tuple[TcpProxy, TcpProxy, TcpProxy]:
@@ -93,12 +135,21 @@ class Isolated:
     def close(self) -> None:
         for proxy in self.proxies:
             proxy.close()
+
+
+@dataclass
+class Isolated(ServiceProxies):
+    """A network namespace, and the proxies through which a worker inside it reaches the services."""
+
+    ns: Namespace
+
+    def start(self, pool: Workers, wait: bool = True, **env: str) -> WorkerProcess:
+        """A worker of `pool` inside the namespace, its services behind the proxies."""
+        return pool.start(wait, env={**self.env(pool.env), **env}, wrap=self.ns.command)
+
+    def close(self) -> None:
+        super().close()
         self.ns.delete()
-
-
-def _target(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    return parts.hostname or "127.0.0.1", parts.port or 80
 
 
 @pytest.fixture(scope="session")
@@ -115,14 +166,8 @@ def isolate(namespaces: None, workers: Workers, worker_env: dict[str, str]):  # 
 
     def make() -> Isolated:
         ns = Namespace().create()
-        database = make_url(worker_env["GENQ_DATABASE_URL"])
         try:
-            isolated = Isolated(
-                ns,
-                TcpProxy(ns.host_ip, database.host or "127.0.0.1", database.port or 5432, "postgres"),
-                TcpProxy(ns.host_ip, *_target(worker_env["GENQ_BROKER_URL"]), "redis"),
-                TcpProxy(ns.host_ip, *_target(worker_env["GENQ_S3_ENDPOINT_URL"]), "s3"),
-            )
+            isolated = Isolated.open(ns.host_ip, worker_env, ns=ns)
         except BaseException:
             ns.delete()
             raise
@@ -132,10 +177,6 @@ def isolate(namespaces: None, workers: Workers, worker_env: dict[str, str]):  # 
     try:
         yield make
     finally:
-        for worker in workers.started:  # a paused worker would sit out its SIGTERM
-            resume(worker)
-        for isolated in made:
-            isolated.set(Mode.passing)
         workers.stop_all()
         for isolated in made:
             isolated.close()

@@ -143,17 +143,19 @@ def namespace() -> Iterator[Namespace]:
 class Mode(enum.Enum):
     passing = "pass"
     cut = "cut"  # connections reset, new ones reset at once: the service is down
-    blackhole = "blackhole"  # connections accepted and never answered: the service hangs
+    # Connections accepted and nothing answered until restored (then what was held flows on): a hung
+    # service, or one behind a load balancer that stopped forwarding. The kernel still acknowledges
+    # every byte, so only an application-level timeout ends a wait.
+    blackhole = "blackhole"
     slow = "slow"  # every chunk forwarded after a delay
 
 
 class _Link:
-    """One client connection and its upstream; a black-holed link never forwards again."""
+    """One client connection and its upstream."""
 
     def __init__(self, client: socket.socket, upstream: socket.socket | None) -> None:
         self.client = client
         self.upstream = upstream
-        self.dead = upstream is None
 
     def close(self, reset: bool = False) -> None:
         for sock in (self.client, self.upstream):
@@ -175,6 +177,8 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.mode = Mode.passing
         self.delay = 0.0
+        self._flowing = threading.Event()  # cleared while black-holed: every pump holds its bytes
+        self._flowing.set()
         self._links: set[_Link] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -191,19 +195,23 @@ class TcpProxy:
         with self._lock:
             self.mode, self.delay = mode, delay
             links = list(self._links)
+        if mode == Mode.blackhole:
+            self._flowing.clear()
+        else:
+            self._flowing.set()
         if mode == Mode.cut:
             for link in links:
                 self._drop(link, reset=True)
-        elif mode == Mode.blackhole:
-            for link in links:
-                link.dead = True
 
     def restore(self) -> None:
-        """Back to forwarding new connections (black-holed ones stay hung until their client gives up)."""
+        """Back to forwarding; what a black hole held flows on (unless its client gave up meanwhile)."""
         self.set(Mode.passing)
 
     def close(self) -> None:
         self._closed = True
+        self._flowing.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
         with contextlib.suppress(OSError):
             self._listener.close()
         with self._lock:
@@ -227,41 +235,39 @@ class TcpProxy:
             if mode == Mode.cut:
                 _Link(client, None).close(reset=True)
                 continue
-            upstream = None
-            if mode != Mode.blackhole:
-                try:
-                    upstream = socket.create_connection(self.target, timeout=5)
-                    upstream.settimeout(None)
-                except OSError:
-                    _Link(client, None).close(reset=True)
-                    continue
-            link = _Link(client, upstream)
-            with self._lock:
-                self._links.add(link)
-            threading.Thread(target=self._pump, args=(link, True), daemon=True).start()
-            if upstream is not None:
-                threading.Thread(target=self._pump, args=(link, False), daemon=True).start()
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        self._flowing.wait()  # black-holed: accepted, and the server never hears of it until restored
+        if self._closed:
+            _Link(client, None).close()
+            return
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+            upstream.settimeout(None)
+        except OSError:
+            _Link(client, None).close(reset=True)
+            return
+        link = _Link(client, upstream)
+        with self._lock:
+            self._links.add(link)
+        threading.Thread(target=self._pump, args=(link, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(link, False), daemon=True).start()
 
     def _pump(self, link: _Link, outbound: bool) -> None:
         source = link.client if outbound else link.upstream
         assert source is not None
+        target = link.upstream if outbound else link.client
+        assert target is not None
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
-                if link.dead:  # absorbed: the client's bytes vanish, nothing ever comes back
-                    continue
+                self._flowing.wait()  # held while black-holed
                 if self.mode == Mode.slow and self.delay:
                     time.sleep(self.delay)
-                if link.dead:
-                    continue
-                target = link.upstream if outbound else link.client
-                assert target is not None
                 target.sendall(data)
         except OSError:
             pass
-        # A black-holed link is closed only by its client giving up: the server's side going away (or
-        # answering) must not reach the client.
-        if outbound or not link.dead:
-            self._drop(link)
+        self._drop(link)

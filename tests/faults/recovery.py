@@ -23,7 +23,7 @@ def record(case: str, what: str, seconds: float) -> None:
 
 
 def report_lines() -> list[str]:
-    return [f"{m.case:<40} {m.what:<40} {m.seconds:6.1f} s" for m in MEASURED]
+    return [f"{m.case:<52} {m.what:<32} {m.seconds:6.1f} s" for m in MEASURED]
 
 
 def write_report() -> None:
