@@ -6,6 +6,8 @@
   with network namespaces.
 - A claim that fails because the database went away hands its message back to the broker (Celery
   `Reject(requeue=True)`), so the job runs once a claim gets through, and no sweeper is needed for it.
+- A worker paused mid-training and cut off from its database while another takes its job over stops when
+  it resumes, and records nothing: the winner's model stays the job's.
 - A message the broker lost is published again after `publish_grace_seconds`, not after
   `requeue_after_seconds`.
 """
@@ -13,6 +15,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import re
+import signal
 import socket
 import threading
 import time
@@ -26,6 +32,7 @@ from sqlalchemy import update
 
 from shared.models import Job, JobStatus, utcnow
 from shared.specs import JobKind
+from shared.storage import S3Store
 from tests.conftest import free_port
 from tests.integration.conftest import JobClient, WorkerProcess, Workers
 from worker.sweeper import broker_task_ids, queue_keys
@@ -211,3 +218,47 @@ def test_a_message_the_broker_lost_is_published_again_within_seconds(
         assert f"job {job_id} was queued with no message in the broker" in worker.log_text()
     finally:
         pool.stop_all()
+
+
+def test_a_worker_that_lost_its_lease_stops_and_records_nothing(
+    worker_env: dict[str, str], jobs: JobClient, proxy: CuttableProxy, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Issue 8's first reproduction: worker A's pool process is paused mid-training and its database cut
+    off; worker B's sweeper requeues the job when A's lease expires and B finishes it. A, resumed, must
+    stop at its next step (its lease ran out though no statement told it so) and record nothing."""
+    b_pool = Workers(worker_env, tmp_path / "b")
+    a_pool = Workers({**worker_env, "GENQ_DATABASE_URL": _via_proxy(worker_env, proxy)}, tmp_path / "a")
+    try:
+        b = b_pool.start()
+        os.killpg(b.process.pid, signal.SIGSTOP)  # B takes nothing until A holds the job
+        a = a_pool.start()
+        [a_child] = re.findall(r"pool process (\d+) ready", a.log_text())
+        params = {**_train_params(), "checkpoint_every_steps": 5}
+        params["options"] = {**params["options"], "max_steps": 200}  # type: ignore[dict-item]
+        job_id = jobs.submit(JobKind.train, params)
+        jobs.wait_until(job_id, lambda job: (job.progress or {}).get("step", 0) >= 10, timeout=60)
+        os.kill(int(a_child), signal.SIGSTOP)
+        proxy.cut()
+        os.killpg(b.process.pid, signal.SIGCONT)
+
+        job = jobs.wait(job_id, timeout=120)
+        assert (job.status, job.attempts) == (JobStatus.succeeded, 2), (job.error_code, job.error_message)
+        winner = jobs.artifacts(job_id)
+
+        os.kill(int(a_child), signal.SIGCONT)
+        assert _logged(a, f"job {job_id} attempt 1 lost its lease"), a.log_text()[-3000:]
+        assert _logged(a, "outputs are discarded"), a.log_text()[-3000:]
+        assert f"job {job_id} attempt 1 succeeded" not in a.log_text()
+        assert jobs.get(job_id).attempts == 2 and jobs.artifacts(job_id).keys() == winner.keys()
+        store = S3Store(jobs.settings)
+        for artifact in winner.values():  # every artifact still holds what its row says
+            assert hashlib.sha256(store.get_bytes(artifact.key)).hexdigest() == artifact.sha256
+    finally:
+        for worker in b_pool.started:  # a stopped process would not see the SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.process.pid, signal.SIGCONT)
+        for worker in a_pool.started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.process.pid, signal.SIGCONT)
+        a_pool.stop_all()
+        b_pool.stop_all()
