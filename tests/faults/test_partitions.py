@@ -26,6 +26,8 @@ from tests.integration.conftest import JobClient, WorkerProcess, Workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(180)]
 
+OUTAGE = 10.0  # seconds S3 stays down: longer than botocore's retries, shorter than a job's attempts
+
 
 def start_both(isolate, workers: Workers, **env: str) -> tuple[Isolated, WorkerProcess, WorkerProcess]:  # type: ignore[no-untyped-def]
     """Worker A inside a namespace (its services behind proxies), worker B on the host, both ready."""
@@ -50,7 +52,7 @@ def test_cut_off_worker_cannot_overwrite_the_winning_attempt(
     A thaws still cut off. A must stop (its lease is gone) and nothing it uploads may replace B's model."""
     isolated, a, b = start_both(isolate, workers)
     pause(b)  # so that A claims the job
-    job_id = jobs.submit(JobKind.train, train(200, checkpoint_every_steps=10))
+    job_id = jobs.submit(JobKind.train, train(120, checkpoint_every_steps=10))
     jobs.wait_until(job_id, lambda job: (job.progress or {}).get("step", 0) >= 20, timeout=60)
     assert (jobs.get(job_id).lease_owner or "").startswith(f"{a.name}@")
     cut = isolated.set(Mode.cut, isolated.database)
@@ -71,7 +73,7 @@ def test_partitioned_worker_link_down(isolate, workers: Workers, jobs: JobClient
     the job. The link comes back: A's stale attempt changes nothing."""
     isolated, a, b = start_both(isolate, workers)
     pause(b)
-    job_id = jobs.submit(JobKind.train, train(200, checkpoint_every_steps=10))
+    job_id = jobs.submit(JobKind.train, train(120, checkpoint_every_steps=10))
     jobs.wait_until(job_id, lambda job: (job.progress or {}).get("step", 0) >= 20, timeout=60)
     isolated.ns.link(up=False)
     down = time.monotonic()
@@ -138,18 +140,18 @@ def test_worker_without_database_does_not_swallow_messages(
 def test_storage_outage_mid_job_is_retried(
     mode: Mode, isolate, workers: Workers, jobs: JobClient, settings: Settings
 ) -> None:  # type: ignore[no-untyped-def]
-    """Issue 8 (4): S3 refuses (cut) or hangs (blackhole) for 12 s while a job checkpoints and others
-    wait: jobs go back to the queue or retry, and all end succeeded once S3 is back."""
+    """Issue 8 (4): S3 refuses (cut) or hangs (blackhole) for OUTAGE seconds while a job checkpoints and
+    others wait: jobs go back to the queue or retry, and all end succeeded once S3 is back."""
     isolated = isolate()
     a = isolated.start(workers)
     long = jobs.submit(JobKind.train, train(150, checkpoint_every_steps=10))
     short = [jobs.submit(JobKind.train, train(10)) for _ in range(2)]
     jobs.wait_until(long, lambda job: (job.progress or {}).get("step", 0) >= 15, timeout=60)
     isolated.set(mode, isolated.storage)
-    time.sleep(12)
+    time.sleep(OUTAGE)
     isolated.set(Mode.passing, isolated.storage)
     restored = time.monotonic()
     all_final(jobs, [long, *short], timeout=120)
-    record(f"S3 {mode.value} 12 s mid-job", "jobs final after S3 back", time.monotonic() - restored)
+    record(f"S3 {mode.value} {OUTAGE:.0f} s mid-job", "jobs final after S3 back", time.monotonic() - restored)
     assert_consistent(jobs, settings, [long, *short])
     assert a.process.poll() is None
