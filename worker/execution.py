@@ -78,22 +78,22 @@ def execute(job_id: str, run: Runner, hostname: str | None = None) -> None:
     outputs = JobOutputs(_store(settings), job.tenant_id, job.id, lease.attempt)
     try:
         ending = _run(job, lease, settings, sessions, outputs, progress, keeper, run)
-        keeper.should_stop()  # brings the lease deadline up to date
-        if keeper.lost:
-            # Another attempt may hold the job (or will, once the sweeper sees the lease expired): this
-            # attempt's outputs are left unrecorded, under its own keys, for storage cleanup.
-            log.warning(
-                "job %s attempt %d lost its lease (%s); its outcome (%s) and outputs are discarded",
-                lease.job_id,
-                lease.attempt,
-                keeper.lost_reason,
-                ending.what,
-            )
-            return
-        progress.flush()
-        _finish(sessions, lease, ending)
     finally:
-        keeper.stop()
+        keeper.stop()  # the finish settles the lease; a heartbeat after it would find the job gone
+    keeper.should_stop()  # brings the lease deadline up to date
+    if keeper.lost:
+        # Another attempt may hold the job (or will, once the sweeper sees the lease expired): this
+        # attempt's outputs are left unrecorded, under its own keys, for storage cleanup.
+        log.warning(
+            "job %s attempt %d lost its lease (%s); its outcome (%s) and outputs are discarded",
+            lease.job_id,
+            lease.attempt,
+            keeper.lost_reason,
+            ending.what,
+        )
+        return
+    progress.flush()
+    _finish(sessions, lease, ending)
 
 
 class _Ending:

@@ -8,6 +8,8 @@
   `Reject(requeue=True)`), so the job runs once a claim gets through, and no sweeper is needed for it.
 - A worker paused mid-training and cut off from its database while another takes its job over stops when
   it resumes, and records nothing: the winner's model stays the job's.
+- A job whose object storage goes away mid-run goes back to the queue (attempt counted) and succeeds
+  once storage is back, instead of failing.
 - A message the broker lost is published again after `publish_grace_seconds`, not after
   `requeue_after_seconds`.
 """
@@ -262,3 +264,33 @@ def test_a_worker_that_lost_its_lease_stops_and_records_nothing(
                 os.killpg(worker.process.pid, signal.SIGCONT)
         a_pool.stop_all()
         b_pool.stop_all()
+
+
+def test_a_storage_outage_requeues_the_job_instead_of_failing_it(
+    worker_env: dict[str, str], jobs: JobClient, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    s3 = CuttableProxy(urlsplit(worker_env["GENQ_S3_ENDPOINT_URL"]).port or 80)
+    env = {
+        **worker_env,
+        "GENQ_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3.port}",
+        "GENQ_S3_MAX_ATTEMPTS": "2",
+        "GENQ_PUBLISH_GRACE_SECONDS": "2",
+    }
+    pool = Workers(env, tmp_path / "logs")
+    try:
+        worker = pool.start()
+        params = {**_train_params(), "checkpoint_every_steps": 5}
+        params["options"] = {**params["options"], "max_steps": 150}  # type: ignore[dict-item]
+        job_id = jobs.submit(JobKind.train, params)
+        jobs.wait_until(job_id, lambda job: (job.progress or {}).get("step", 0) >= 5, timeout=60)
+        s3.cut()  # the next checkpoint upload fails
+        job = jobs.wait_until(job_id, lambda job: job.status != JobStatus.running, timeout=60)
+        assert (job.status, job.attempts, job.error_code) == (JobStatus.queued, 1, None), job.error_message
+        assert _logged(worker, "interrupted by an infrastructure fault"), worker.log_text()[-3000:]
+
+        s3.restore()  # the sweeper publishes it again after the grace; attempt 2 succeeds
+        job = jobs.wait(job_id, timeout=90)
+        assert (job.status, job.attempts) == (JobStatus.succeeded, 2), (job.error_code, job.error_message)
+    finally:
+        pool.stop_all()
+        s3.cut()
