@@ -150,7 +150,7 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: str
-    checks: dict[str, str] = Field(description="database, broker, storage: ok or unavailable")
+    checks: dict[str, str] = Field(description="database, broker, storage: ok, unavailable or timeout")
     failed: list[str]
 
 class WebhookAttemptView(BaseModel):
