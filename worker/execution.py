@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import job_state
 from shared.db import session_factory
+from shared.job_events import ChangeNotifier
 from shared.job_state import Lease
 from shared.logging import bind_log_context
 from shared.models import Job, JobStatus
@@ -64,13 +65,15 @@ def execute(job_id: str, run: Runner, hostname: str | None = None) -> None:
         log.info("job %s is not queued (repeated delivery, canceled or finished): nothing to do", job_id)
         return
     lease = job_state.lease_of(job)
+    changed = _change_notice(settings, job)
+    changed()  # started: waiting clients (?wait=) answer now
     bind_log_context(tenant_id=job.tenant_id, attempt=lease.attempt)  # on every log line of this attempt
     log.info("job %s (%s) attempt %d started by %s", job.id, job.kind, lease.attempt, owner)
     keeper = LeaseKeeper(
         sessions, lease, settings.lease_seconds, settings.heartbeat_seconds, granted_at=granted_at
     ).start()
     progress = ProgressWriter(
-        _progress_sink(sessions, lease),
+        _progress_sink(sessions, lease, changed),
         settings.progress_interval_seconds,
         keeper.observe,
         on_error=keeper.write_failed,
@@ -91,9 +94,11 @@ def execute(job_id: str, run: Runner, hostname: str | None = None) -> None:
             keeper.lost_reason,
             ending.what,
         )
+        outputs.discard()  # now rather than at the next storage gc: nothing will ever reference them
         return
     progress.flush()
     _finish(sessions, lease, ending)
+    changed()
 
 
 class _Ending:
@@ -203,13 +208,27 @@ def _job_run(
 
 
 def _progress_sink(
-    sessions: sessionmaker[Session], lease: Lease
+    sessions: sessionmaker[Session], lease: Lease, changed: Callable[[], None]
 ) -> Callable[[dict[str, Any]], JobStatus | None]:
     def write(document: dict[str, Any]) -> JobStatus | None:
         with sessions.begin() as session:
-            return job_state.write_progress(session, lease, document)
+            status = job_state.write_progress(session, lease, document)
+        changed()
+        return status
 
     return write
+
+
+_notifier: tuple[str, ChangeNotifier] | None = None
+
+
+def _change_notice(settings: Settings, job: Job) -> Callable[[], None]:
+    """Tells waiting clients that the job (and its batch) changed; one Redis client per process."""
+    global _notifier
+    if _notifier is None or _notifier[0] != settings.broker_url:
+        _notifier = (settings.broker_url, ChangeNotifier(settings.broker_url))
+    notifier, ids = _notifier[1], (job.id, job.batch_id)
+    return lambda: notifier.changed(ids)
 
 
 def _record_success(session: Session, lease: Lease, outcome: Outcome, outputs: JobOutputs) -> bool:

@@ -37,12 +37,16 @@ from shared.job_state import PublishTarget
 from shared.models import utcnow
 from shared.queue import make_celery, publish_job
 from shared.settings import Settings, get_settings
+from shared.storage import probe_store
+from shared.storage_gc import collect_garbage
 from worker.metrics import swept
 
 log = logging.getLogger(__name__)
 
 SCAN_PAGE = 500  # messages read per LRANGE / HSCAN
 MAX_REPUBLISH = 1000  # lost jobs handled per sweep
+GC_JOBS_PER_SWEEP = 200  # finished jobs whose storage one sweep tidies
+GC_STORAGE_TIMEOUT_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,9 @@ class Sweep:
             options.get("priority_steps", [0]),
         )
         self.unacked_key = options.get("unacked_key", "unacked")
+        # Tidying storage is best effort: short timeouts and one try, so a hung S3 never holds up the
+        # requeues that the sweep is for.
+        self.store = probe_store(settings, timeout=GC_STORAGE_TIMEOUT_SECONDS)
         self._database_down = False
 
     def database_ok(self) -> bool:
@@ -162,6 +169,9 @@ class Sweep:
         self._publish(lost)
         for target in lost:
             log.warning("job %s was queued with no message in the broker; published again", target.job_id)
+        # Outputs of finished jobs that no row references (stale attempts, superseded checkpoints,
+        # canceled and failed jobs); a bounded slice per sweep, skipped while storage is down.
+        collect_garbage(self.sessions, self.store, self.settings.gc_grace_seconds, limit=GC_JOBS_PER_SWEEP)
         report = SweepReport(len(settled.requeued), settled.exhausted, settled.canceled, len(lost))
         swept(report.requeued, report.exhausted, report.canceled, report.republished)
         return report
