@@ -7,14 +7,17 @@ import hashlib
 import io
 import json
 import tarfile
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 import requests
 from sqlalchemy import select
 
+from shared.job_events import channel
 from shared.models import Job, JobStatus, TrainedModel
 from shared.settings import Settings
 from shared.specs import JobKind
@@ -141,6 +144,28 @@ def test_generate_writes_shards_manifest_and_grid_reproducibly(
     assert sorted(part_images) == [f"0000000{i:02d}.png" for i in range(8, 12)]
     assert part_images == {name: images[name] for name in part_images}
     assert client.get(whole).result["count"] == 12  # type: ignore[index]
+
+
+def test_a_job_announces_its_start_progress_and_end_on_the_change_channel(
+    client: JobClient, trained: dict[str, Job], module_settings: Settings
+) -> None:
+    model_id = trained["gan"].result["model_id"]  # type: ignore[index]
+    job_id = client.insert(JobKind.generate, {"model_id": model_id, "count": 3})
+    broker = redis.Redis.from_url(module_settings.broker_url)
+    listener = broker.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(channel(job_id))
+    try:
+        client.publish(job_id)
+        _succeeded(client, job_id)
+        heard = 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and heard < 2:
+            message = listener.get_message(timeout=0.5)  # None for the subscription's own confirmation too
+            heard += message is not None and message["type"] == "message"
+    finally:
+        listener.close()
+        broker.close()
+    assert heard >= 2  # started, (progress,) finished: each one wakes the clients waiting with ?wait=
 
 
 def test_evaluate_uses_the_newest_classifier_and_updates_the_registry(
