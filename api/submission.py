@@ -1,9 +1,11 @@
-"""Submitting jobs and batches: validate -> write -> commit -> publish.
+"""Submitting jobs and batches: validate -> write (marked published) -> commit -> publish.
 
 Everything is validated (params and references) before anything is written, and the rows are committed
 before any message is sent, so a worker never sees a job that is not in SQL and a failed request never
-leaves a half-written one. A broker failure after the commit leaves the jobs queued with published_at
-NULL: the request still succeeds, and the sweeper publishes them later.
+leaves a half-written one. Rows are written already marked published, in the one commit of the
+request: a message that then fails to go out has its mark cleared (published_at NULL) and the sweeper
+publishes the job later; a process that dies between the commit and the send leaves a marked job with
+no message, which the sweeper's broker comparison finds within its publish grace.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def _row(job: PreparedJob, tenant_id: uuid.UUID, settings: Settings, now: dt.dat
         "attempts": 0,
         "created_at": now,
         "updated_at": now,
+        "published_at": now,
         **extra,
     }
 
@@ -104,30 +107,23 @@ def _conflict() -> ApiError:
     return ApiError(409, "idempotency_conflict", message, [{"field": "Idempotency-Key", "message": message}])
 
 
-def _mark_published(
-    session: Session, ids: Sequence[str], batch_id: uuid.UUID | None = None
-) -> dt.datetime | None:
-    """Record the publish, touching nothing else (the worker may already be running the job).
+def _unmark_unsent(session: Session, ids: Sequence[str]) -> None:
+    """Clear the publish mark of jobs whose message did not go out, so the sweeper publishes them
+    without waiting for its broker comparison. Touches nothing else (a sent job may already run).
 
-    The jobs are committed and sent by now, so a failure here is logged, not returned: at worst the
-    sweeper publishes them again and the worker's claim ignores the duplicate."""
-    now = utcnow()
-    unpublished = (
-        update(Job).where(Job.published_at.is_(None)).values(published_at=now, updated_at=Job.updated_at)
+    A failure here is logged, not returned: the marks stay and the sweeper finds the jobs missing from
+    the broker after its publish grace."""
+    unsent = (
+        update(Job).where(Job.status == JobStatus.queued).values(published_at=None, updated_at=Job.updated_at)
     )
     try:
-        if batch_id is not None:
-            session.execute(unpublished.where(Job.batch_id == batch_id))
-        else:
-            for start in range(0, len(ids), PUBLISHED_UPDATE_CHUNK):
-                chunk = [uuid.UUID(i) for i in ids[start : start + PUBLISHED_UPDATE_CHUNK]]
-                session.execute(unpublished.where(Job.id.in_(chunk)))
+        for start in range(0, len(ids), PUBLISHED_UPDATE_CHUNK):
+            chunk = [uuid.UUID(i) for i in ids[start : start + PUBLISHED_UPDATE_CHUNK]]
+            session.execute(unsent.where(Job.id.in_(chunk)))
         session.commit()
     except SQLAlchemyError as exc:
         session.rollback()
-        log.warning("could not record the publish of %d jobs: %s", len(ids), exc)
-        return None
-    return now
+        log.warning("could not clear the publish mark of %d unsent jobs: %s", len(ids), exc)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -167,9 +163,9 @@ def submit_job(
         if existing is None:
             raise
         return existing, False
-    sent = publisher([JobMessage(str(job.id), job.kind, job.priority)])
-    if sent and (published_at := _mark_published(session, sent)):
-        set_committed_value(job, "published_at", published_at)
+    if not publisher([JobMessage(str(job.id), job.kind, job.priority)]):
+        _unmark_unsent(session, [str(job.id)])
+        set_committed_value(job, "published_at", None)
     return job, True
 
 
@@ -245,8 +241,6 @@ def submit_batch(
         return (*existing, False)
     messages = [JobMessage(str(row["id"]), row["kind"], row["priority"]) for row in rows]
     sent = publisher(messages)
-    if len(sent) == len(messages):
-        _mark_published(session, sent, batch_id=batch.id)
-    elif sent:
-        _mark_published(session, sent)
+    if len(sent) < len(messages):
+        _unmark_unsent(session, [m.job_id for m in messages[len(sent) :]])
     return batch, [m.job_id for m in messages], True
