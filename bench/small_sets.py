@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--images", type=int, default=2000, help="training images")
     parser.add_argument("--test-images", type=int, default=1000, help="held-out images (and samples)")
     parser.add_argument("--steps", type=int, default=1500, help="GAN steps per variant")
-    parser.add_argument("--cnn-seconds", type=float, default=60)
+    parser.add_argument("--cnn-epochs", type=int, default=20)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names")
     parser.add_argument("--grids", type=Path, default=Path("docs/small_sets"))
     parser.add_argument("--threads", type=int, default=2)
@@ -124,8 +124,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     train = shapes(args.images, args.size, args.seed)
     test = shapes(args.test_images, args.size, args.seed + 1)
     started = time.perf_counter()
-    ctx = RunContext(max_seconds=args.cnn_seconds, device=CPU)
-    classifier = api.load(api.train("cnn", {"epochs": 1000}, train, ctx, holdout=test).checkpoint, CPU)
+    ctx = RunContext(device=CPU)
+    classifier = api.load(
+        api.train("cnn", {"epochs": args.cnn_epochs}, train, ctx, holdout=test).checkpoint, CPU
+    )
     accuracy = api.family_module("cnn").accuracy_report(classifier.module, test, list(SHAPES))[0][
         "test_accuracy"
     ]
