@@ -52,7 +52,9 @@ def test_cut_off_worker_cannot_overwrite_the_winning_attempt(
     A thaws still cut off. A must stop (its lease is gone) and nothing it uploads may replace B's model."""
     isolated, a, b = start_both(isolate, workers)
     pause(b)  # so that A claims the job
-    job_id = jobs.submit(JobKind.train, train(120, checkpoint_every_steps=10))
+    # No checkpoint in the run (they come every 60 s by default): recording one needs the database, so A
+    # would fail at its next checkpoint instead of training on to its final upload.
+    job_id = jobs.submit(JobKind.train, train(150))
     jobs.wait_until(job_id, lambda job: (job.progress or {}).get("step", 0) >= 20, timeout=60)
     assert (jobs.get(job_id).lease_owner or "").startswith(f"{a.name}@")
     cut = isolated.set(Mode.cut, isolated.database)
