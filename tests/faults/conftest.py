@@ -126,10 +126,11 @@ class ServiceProxies:
     def proxies(self) -> tuple[TcpProxy, TcpProxy, TcpProxy]:
         return (self.database, self.broker, self.storage)
 
-    def set(self, mode: Mode, *proxies: TcpProxy) -> float:
-        """Put `proxies` (default all three) in `mode`; returns time.monotonic() at the change."""
+    def set(self, mode: Mode, *proxies: TcpProxy, delay: float = 0.0) -> float:
+        """Put `proxies` (default all three) in `mode` (`delay`: seconds per chunk when slow); returns
+        time.monotonic() at the change."""
         for proxy in proxies or self.proxies:
-            proxy.set(mode)
+            proxy.set(mode, delay)
         return time.monotonic()
 
     def close(self) -> None:

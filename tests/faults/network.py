@@ -50,6 +50,22 @@ def namespaces_unavailable() -> str | None:
     return None
 
 
+def netem_unavailable() -> str | None:
+    """Why `tc ... netem` cannot be used here (None: it can): kernels built without sch_netem refuse it."""
+    probe = f"gqfp{uuid.uuid4().hex[:8]}"
+    made = _ip("link", "add", probe, "type", "veth", "peer", "name", f"{probe}n", check=False)
+    if made.returncode != 0:
+        return f"cannot create a veth pair: {made.stderr.strip()}"
+    try:
+        qdisc = subprocess.run(
+            ["tc", "qdisc", "add", "dev", probe, "root", "netem", "delay", "1ms"],
+            capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False,
+        )  # fmt: skip
+        return None if qdisc.returncode == 0 else f"tc netem refused: {qdisc.stderr.strip()}"
+    finally:
+        _ip("link", "del", probe, check=False)
+
+
 def _used_networks() -> list[ipaddress.IPv4Network]:
     out = _ip("-o", "-4", "addr", "show").stdout
     found = []

@@ -19,7 +19,7 @@ from shared.settings import Settings
 from shared.specs import JobKind
 from tests.faults.checks import all_final, assert_consistent, eventually
 from tests.faults.conftest import LONG_REPUBLISH, Isolated, pause, resume
-from tests.faults.network import Mode
+from tests.faults.network import Mode, netem_unavailable
 from tests.faults.recovery import record
 from tests.faults.test_process_faults import train
 from tests.integration.conftest import JobClient, WorkerProcess, Workers
@@ -127,15 +127,24 @@ def test_worker_without_database_does_not_swallow_messages(
     record("worker without DB among 2", "8 tiny jobs final", time.monotonic() - cut)
     assert_consistent(jobs, settings, job_ids)
 
+    # A's database is back, over a slow link (netem delay and loss where the kernel has sch_netem, each
+    # proxied chunk delayed otherwise): A consumes again, and latency is not mistaken for a lost lease.
     isolated.set(Mode.passing, isolated.database)
+    if netem_unavailable() is None:
+        isolated.ns.netem("delay 50ms loss 1%")
+    else:
+        isolated.set(Mode.slow, delay=0.05)
     pause(b)
     try:
         after = [jobs.submit(JobKind.train, train(5)) for _ in range(2)]
-        all_final(jobs, after, timeout=60)
+        all_final(jobs, after, timeout=90)
     finally:
         resume(b)
     assert_consistent(jobs, settings, after)
-    assert all((jobs.get(j).lease_owner or "").startswith(f"{a.name}@") for j in after)
+    finals = {j: jobs.get(j) for j in after}
+    assert all(
+        (job.lease_owner or "").startswith(f"{a.name}@") and job.attempts == 1 for job in finals.values()
+    )
 
 
 @pytest.mark.parametrize("mode", [Mode.cut, Mode.blackhole])
