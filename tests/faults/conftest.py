@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from shared.settings import Settings
-from tests.faults.network import Mode, Namespace, TcpProxy, namespaces_unavailable
+from tests.faults.network import Mode, Namespace, TcpProxy, namespaces_unavailable, remove_abandoned
 from tests.integration import conftest as integration
 from tests.integration.conftest import WorkerProcess, Workers
 
@@ -158,6 +158,7 @@ def namespaces() -> None:
     reason = namespaces_unavailable()
     if reason:
         pytest.skip(f"cut-off cases need network namespaces: {reason}")
+    remove_abandoned()
 
 
 @pytest.fixture()

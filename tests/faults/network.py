@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import ipaddress
+import os
 import random
 import shutil
 import socket
@@ -23,7 +24,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 SUBNET_POOL = ipaddress.ip_network("10.231.0.0/16")  # private; /30s are picked from it at random
@@ -90,12 +90,13 @@ def _free_subnet() -> ipaddress.IPv4Network:
 class Namespace:
     """`genqf-<id>`: a network namespace with one veth pair to the host, a /30 on it, loopback up."""
 
-    name: str = field(default_factory=lambda: f"genqf-{uuid.uuid4().hex[:8]}")
+    # genqf-<creating pid>-<id>: a run that died before its cleanup is recognised by the next one.
+    name: str = field(default_factory=lambda: f"genqf-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     host_ip: str = ""
     inner_ip: str = ""
 
     def __post_init__(self) -> None:
-        suffix = self.name.removeprefix("genqf-")
+        suffix = self.name.rsplit("-", 1)[-1]
         self.host_dev = f"gqf{suffix}h"[:15]  # interface names are at most 15 characters
         self.inner_dev = f"gqf{suffix}n"[:15]
 
@@ -147,13 +148,19 @@ class Namespace:
                 )  # fmt: skip
 
 
-@contextlib.contextmanager
-def namespace() -> Iterator[Namespace]:
-    ns = Namespace().create()
-    try:
-        yield ns
-    finally:
-        ns.delete()
+def remove_abandoned() -> list[str]:
+    """Delete the namespaces (and veths) of fault-suite runs whose process is gone; their names."""
+    removed = []
+    for line in _ip("netns", "list", check=False).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        parts = name.split("-")
+        if len(parts) != 3 or parts[0] != "genqf" or not parts[1].isdigit():
+            continue
+        if os.path.exists(f"/proc/{parts[1]}"):
+            continue
+        Namespace(name).delete()
+        removed.append(name)
+    return removed
 
 
 class Mode(enum.Enum):
