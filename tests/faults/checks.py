@@ -11,7 +11,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config as BotoConfig
@@ -66,7 +66,7 @@ def all_final(jobs: JobClient, job_ids: Iterable[uuid.UUID], timeout: float) -> 
         raise TimeoutError(message) from None
 
 
-def s3_client(settings: Settings):  # type: ignore[no-untyped-def]
+def s3_client(settings: Settings) -> Any:
     """A plain client on the real endpoint (not through any proxy), short timeouts."""
     return boto3.client(
         "s3",
@@ -78,14 +78,14 @@ def s3_client(settings: Settings):  # type: ignore[no-untyped-def]
     )
 
 
-def _objects(client, bucket: str, prefix: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def _objects(client: Any, bucket: str, prefix: str) -> dict[str, int]:
     found: dict[str, int] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         found.update({item["Key"]: item["Size"] for item in page.get("Contents", [])})
     return found
 
 
-def _sha256(client, bucket: str, key: str) -> str | None:  # type: ignore[no-untyped-def]
+def _sha256(client: Any, bucket: str, key: str) -> str | None:
     try:
         body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     except client.exceptions.NoSuchKey:

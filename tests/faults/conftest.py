@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,19 +43,6 @@ def pause(worker: WorkerProcess) -> None:
 def resume(worker: WorkerProcess) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(worker.process.pid, signal.SIGCONT)
-
-
-def pool_pid(worker: WorkerProcess, timeout: float = 10.0) -> int:
-    """The worker's pool (job) process: its only child."""
-    deadline = time.monotonic() + timeout
-    path = f"/proc/{worker.process.pid}/task/{worker.process.pid}/children"
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), open(path) as listing:
-            children = listing.read().split()
-            if children:
-                return int(children[0])
-        time.sleep(0.1)
-    raise TimeoutError(f"worker {worker.name} has no pool process")
 
 
 class FaultWorkers(Workers):
@@ -153,6 +140,9 @@ class Isolated(ServiceProxies):
         self.ns.delete()
 
 
+Isolate = Callable[[], Isolated]
+
+
 @pytest.fixture(scope="session")
 def namespaces() -> None:
     reason = namespaces_unavailable()
@@ -162,7 +152,7 @@ def namespaces() -> None:
 
 
 @pytest.fixture()
-def isolate(namespaces: None, workers: Workers, worker_env: dict[str, str]):  # type: ignore[no-untyped-def]
+def isolate(namespaces: None, workers: Workers, worker_env: dict[str, str]) -> Iterator[Isolate]:
     """`isolate()` -> an Isolated namespace; its workers are stopped and it is removed at the end."""
     made: list[Isolated] = []
 

@@ -18,7 +18,7 @@ from shared.models import Job, JobStatus
 from shared.settings import Settings
 from shared.specs import JobKind
 from tests.faults.checks import all_final, assert_consistent, eventually
-from tests.faults.conftest import LONG_REPUBLISH, Isolated, pause, resume
+from tests.faults.conftest import LONG_REPUBLISH, Isolate, Isolated, pause, resume
 from tests.faults.network import Mode, netem_unavailable
 from tests.faults.recovery import record
 from tests.faults.test_process_faults import train
@@ -29,7 +29,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(1
 OUTAGE = 10.0  # seconds S3 stays down: longer than botocore's retries, shorter than a job's attempts
 
 
-def start_both(isolate, workers: Workers, **env: str) -> tuple[Isolated, WorkerProcess, WorkerProcess]:  # type: ignore[no-untyped-def]
+def start_both(
+    isolate: Isolate, workers: Workers, **env: str
+) -> tuple[Isolated, WorkerProcess, WorkerProcess]:
     """Worker A inside a namespace (its services behind proxies), worker B on the host, both ready."""
     isolated = isolate()
     a = isolated.start(workers, wait=False, **env)
@@ -46,8 +48,8 @@ def task_ended(worker: WorkerProcess, job_id: object) -> bool:
 
 
 def test_cut_off_worker_cannot_overwrite_the_winning_attempt(
-    isolate, workers: Workers, jobs: JobClient, settings: Settings
-) -> None:  # type: ignore[no-untyped-def]
+    isolate: Isolate, workers: Workers, jobs: JobClient, settings: Settings
+) -> None:
     """Issue 8 (1): A is frozen and cut from the database mid-train; B takes the job over and succeeds;
     A thaws still cut off. A must stop (its lease is gone) and nothing it uploads may replace B's model."""
     isolated, a, b = start_both(isolate, workers)
@@ -70,7 +72,9 @@ def test_cut_off_worker_cannot_overwrite_the_winning_attempt(
     assert_consistent(jobs, settings, [job_id])
 
 
-def test_partitioned_worker_link_down(isolate, workers: Workers, jobs: JobClient, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+def test_partitioned_worker_link_down(
+    isolate: Isolate, workers: Workers, jobs: JobClient, settings: Settings
+) -> None:
     """A's link goes down mid-train (every packet to Postgres, Redis and S3 lost); B requeues and finishes
     the job. The link comes back: A's stale attempt changes nothing."""
     isolated, a, b = start_both(isolate, workers)
@@ -91,8 +95,8 @@ def test_partitioned_worker_link_down(isolate, workers: Workers, jobs: JobClient
 
 
 def test_sweeper_without_database_does_not_hog_the_turn(
-    isolate, workers: Workers, jobs: JobClient, settings: Settings
-) -> None:  # type: ignore[no-untyped-def]
+    isolate: Isolate, workers: Workers, jobs: JobClient, settings: Settings
+) -> None:
     """Issue 8 (2): A's database connections are reset (its Redis works, so it can take the sweep turn);
     a job abandoned with an expired lease is requeued by B within a few sweep intervals."""
     isolated, _, _ = start_both(isolate, workers)
@@ -114,8 +118,8 @@ def test_sweeper_without_database_does_not_hog_the_turn(
 
 
 def test_worker_without_database_does_not_swallow_messages(
-    isolate, workers: Workers, jobs: JobClient, settings: Settings
-) -> None:  # type: ignore[no-untyped-def]
+    isolate: Isolate, workers: Workers, jobs: JobClient, settings: Settings
+) -> None:
     """Issue 8 (3): A can read the queue but not the database. Its claims fail; the messages must go to B
     (not be acknowledged and dropped until the republish delay, raised here out of reach). When A's
     database is back, A takes jobs again."""
@@ -149,8 +153,8 @@ def test_worker_without_database_does_not_swallow_messages(
 
 @pytest.mark.parametrize("mode", [Mode.cut, Mode.blackhole])
 def test_storage_outage_mid_job_is_retried(
-    mode: Mode, isolate, workers: Workers, jobs: JobClient, settings: Settings
-) -> None:  # type: ignore[no-untyped-def]
+    mode: Mode, isolate: Isolate, workers: Workers, jobs: JobClient, settings: Settings
+) -> None:
     """Issue 8 (4): S3 refuses (cut) or hangs (blackhole) for OUTAGE seconds while a job checkpoints and
     others wait: jobs go back to the queue or retry, and all end succeeded once S3 is back."""
     isolated = isolate()
