@@ -23,7 +23,6 @@ import datetime as dt
 import os
 import re
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from shared.db import session_factory
 from shared.models import Job
 from shared.queue import celery_priority, make_celery
 from shared.settings import Settings
+from shared.worker_launch import job_worker_argv
 from tests.conftest import ROOT
 from tests.integration.conftest import WorkerProcess
 
@@ -88,11 +88,7 @@ app = bare_celery(Settings(), os.environ.get(BARE_QUEUE_ENV, "genq.bench.bare"))
 
 def start_bare_worker(found: Services, queue: str) -> WorkerProcess:
     log = found.workdir / "bare-worker.log"
-    command = [
-        sys.executable, "-m", "celery", "-A", "bench.queue_latency", "worker", "--concurrency", "1",
-        "--queues", queue, "--hostname", "bare@%h", "--loglevel", "INFO",
-        "--without-mingle", "--without-gossip",
-    ]  # fmt: skip
+    command = job_worker_argv([queue], "bare@%h", app="bench.queue_latency")  # genq's worker shape
     with log.open("wb") as out:
         process = subprocess.Popen(
             command,

@@ -4,11 +4,13 @@
     python -m worker --gpus 0,2           # these GPUs only
     python -m worker --queues genq.train  # a pool dedicated to training
     python -m worker --print              # show the command lines and exit
+    python -m worker --hostname celery@%h # one process with this node name (a compose replica)
 
 Each process is `celery -A worker.celery_app worker` with one spawned pool process running one job at a
-time (see worker/celery_app.py for why). The processes share the host's cores (GENQ_TORCH_THREADS each,
-unless set). If one exits, the others are stopped and this command exits with its status, so a service
-manager (compose, systemd) restarts the set.
+time (see worker/celery_app.py for why); its command line and environment come from
+shared/worker_launch.py, as every launcher's do. The processes share the host's cores
+(GENQ_TORCH_THREADS each, unless set). If one exits, the others are stopped and this command exits with
+its status, so a service manager (compose, systemd) restarts the set.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 import time
 
 from shared.settings import get_settings
+from shared.worker_launch import job_worker_argv, job_worker_env
 
 
 def detect_gpus() -> list[str]:
@@ -46,36 +49,24 @@ def detect_gpus() -> list[str]:
 
 
 def worker_commands(
-    gpus: list[str], queues: list[str], loglevel: str = "INFO", cpu_count: int | None = None
+    gpus: list[str],
+    queues: list[str],
+    loglevel: str = "INFO",
+    cpu_count: int | None = None,
+    hostname: str | None = None,
 ) -> list[tuple[dict[str, str], list[str]]]:
-    """(environment overrides, argv) of each worker process: one per GPU, or one CPU worker."""
-    cores = cpu_count or os.cpu_count() or 1
-    slots = gpus or [None]
-    threads = str(max(1, cores // len(slots)))
-    metrics_port = int(os.environ.get("GENQ_WORKER_METRICS_PORT") or 0)
-    commands = []
-    for index, gpu in enumerate(slots):
-        env = {
-            "GENQ_TORCH_THREADS": os.environ.get("GENQ_TORCH_THREADS") or threads,
-            # Idle intra-op threads sleep instead of spinning: the processes share the host's cores.
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY") or "PASSIVE",
-        }
-        if metrics_port:  # each process serves its own metrics: consecutive ports from the one given
-            env["GENQ_WORKER_METRICS_PORT"] = str(metrics_port + index)
-        if gpu is None:
-            env.update(CUDA_VISIBLE_DEVICES="", GENQ_DEVICE=os.environ.get("GENQ_DEVICE") or "cpu")
-            hostname = "cpu@%h"
-        else:
-            env.update(CUDA_VISIBLE_DEVICES=gpu, GENQ_DEVICE="cuda")  # the one visible device
-            hostname = f"gpu{gpu}@%h"
-        argv = [
-            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "--pool", "prefork", "--pool-start-method", "spawn", "--concurrency", "1",
-            "--prefetch-multiplier", "1", "--queues", ",".join(queues), "--hostname", hostname,
-            "--loglevel", loglevel,
-        ]  # fmt: skip
-        commands.append((env, argv))
-    return commands
+    """(environment overrides, argv) of each worker process: one per GPU, or one CPU worker. `hostname`
+    names the node when there is one process (a compose replica); by default cpu@%h / gpuN@%h."""
+    slots = gpus or ["cpu"]
+    if hostname and len(slots) > 1:
+        raise ValueError("--hostname names one worker process; give --gpus with one GPU")
+    return [
+        (
+            job_worker_env(slot, len(slots), index, cpu_count=cpu_count),
+            job_worker_argv(queues, hostname or ("cpu@%h" if slot == "cpu" else f"gpu{slot}@%h"), loglevel),
+        )
+        for index, slot in enumerate(slots)
+    ]
 
 
 def supervise(commands: list[tuple[dict[str, str], list[str]]]) -> int:
@@ -103,10 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", help="comma-separated GPU indices (default: all; none: one CPU worker)")
     parser.add_argument("--queues", default=f"{settings.train_queue},{settings.sample_queue}")
     parser.add_argument("--loglevel", default="INFO")
+    parser.add_argument(
+        "--hostname", help="the node name of the one worker process (default: cpu@%%h, gpuN@%%h)"
+    )
     parser.add_argument("--print", action="store_true", help="print the command lines and exit")
     args = parser.parse_args(argv)
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else detect_gpus()
-    commands = worker_commands(gpus, args.queues.split(","), args.loglevel)
+    try:
+        commands = worker_commands(gpus, args.queues.split(","), args.loglevel, hostname=args.hostname)
+    except ValueError as error:
+        parser.error(str(error))
     if args.print:
         for env, command in commands:
             print(" ".join([*(f"{k}={v}" for k, v in env.items()), *command]))

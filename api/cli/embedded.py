@@ -30,6 +30,7 @@ from api.cli.state import (
     write_private,
     write_state,
 )
+from shared.worker_launch import job_worker_argv, job_worker_env
 
 DEFAULT_BROKER_PORT = 6390
 DEFAULT_TENANT = "default"
@@ -64,8 +65,7 @@ class EmbeddedConfig:
 def embedded_environment(config: EmbeddedConfig) -> dict[str, str]:
     """The GENQ_* settings the embedded system fixes; everything else in the environment passes through.
 
-    Workers share the machine's cores: each gets cores // N torch threads unless GENQ_TORCH_THREADS is set,
-    and torch's idle threads wait passively (OMP_WAIT_POLICY) unless that is set.
+    Each worker adds its own (shared.worker_launch: its share of the cores, its metrics port).
     """
     data_dir = config.data_dir.resolve()
     env = {
@@ -73,11 +73,6 @@ def embedded_environment(config: EmbeddedConfig) -> dict[str, str]:
         "GENQ_BROKER_URL": config.broker_url,
         "GENQ_PUBLIC_BASE_URL": config.api_url,
         "GENQ_SIGNING_SECRET": os.environ.get("GENQ_SIGNING_SECRET") or signing_secret(data_dir),
-        "GENQ_TORCH_THREADS": os.environ.get("GENQ_TORCH_THREADS")
-        or str(max(1, (os.cpu_count() or 1) // max(1, config.workers))),
-        # Idle torch threads sleep instead of spinning: on a shared machine (the API, the CLI, anything
-        # else running) spinning threads that lose their core made a GAN step 8x slower (measured).
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY") or "PASSIVE",
         "PYTHONUNBUFFERED": "1",
         # One machine, one user: webhooks may go to http and local receivers (production refuses both).
         "GENQ_WEBHOOK_ALLOW_HTTP": os.environ.get("GENQ_WEBHOOK_ALLOW_HTTP") or "true",
@@ -97,19 +92,6 @@ def api_command(config: EmbeddedConfig) -> list[str]:
         "--graceful-timeout", "5",
         "--access-logfile", "-",
         "api.wsgi:app",
-    ]  # fmt: skip
-
-
-def worker_command(index: int, queues: list[str]) -> list[str]:
-    # One task at a time, no prefetch beyond it: a second job waits in the broker for a free worker.
-    return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "--queues", ",".join(queues),
-        "--concurrency", "1",
-        "--prefetch-multiplier", "1",
-        "--hostname", f"genq-{index}@%h",
-        "--loglevel", "INFO",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
 
 
@@ -229,7 +211,10 @@ class EmbeddedSystem:
         queues = [settings.train_queue, settings.sample_queue]
         for index in range(config.workers):
             worker = Child(
-                f"worker-{index}", worker_command(index, queues), env, logs / f"worker-{index}.log"
+                f"worker-{index}",
+                job_worker_argv(queues, f"genq-{index}@%h"),
+                {**env, **job_worker_env(None, config.workers, index)},
+                logs / f"worker-{index}.log",
             )
             worker.start()
             self.children.append(worker)

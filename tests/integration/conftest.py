@@ -11,7 +11,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from shared.models import Artifact, Job, JobStatus, Tenant
 from shared.queue import make_celery, publish_job, queue_for
 from shared.settings import Settings
 from shared.specs import JobKind
+from shared.worker_launch import job_worker_argv, job_worker_env
 from tests.conftest import ROOT
 
 # Leases and sweeps in seconds, so a killed worker's job is requeued within a few seconds.
@@ -101,17 +101,14 @@ class Workers:
         fault suite runs a worker inside a network namespace)."""
         name = f"w{len(self.started) + 1}"
         log = self.logdir / f"{name}.log"
-        queues = f"{self.env['GENQ_TRAIN_QUEUE']},{self.env['GENQ_SAMPLE_QUEUE']}"
-        command = [
-            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "--concurrency", "1", "--queues", queues, "--hostname", f"{name}@%h", "--loglevel", "INFO",
-            "--without-mingle", "--without-gossip",
-        ]  # fmt: skip
+        queues = [self.env["GENQ_TRAIN_QUEUE"], self.env["GENQ_SAMPLE_QUEUE"]]
+        command = job_worker_argv(queues, f"{name}@%h")
+        environ = {**os.environ, **self.env, **(env or {})}
         with log.open("wb") as out:
             process = subprocess.Popen(
                 wrap(command) if wrap else command,
                 cwd=ROOT,
-                env={**os.environ, **self.env, **(env or {})},
+                env={**environ, **job_worker_env("cpu", environ=environ)},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stop() can reach the pool process too

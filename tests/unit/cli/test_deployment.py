@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from worker.__main__ import worker_commands
+
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE = ROOT / "docker-compose.yml"
 ENTRYPOINT = ROOT / "docker" / "worker-entrypoint.sh"
@@ -21,7 +23,20 @@ SECRETS = ("POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "GENQ_
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text())
+    return yaml.load(COMPOSE.read_text(), Loader=UniqueKeyLoader)  # a SafeLoader that refuses repeated keys
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys without a word; compose files must not repeat a service."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [key.value for key, _ in node.value if isinstance(key, yaml.ScalarNode)]
+        repeated = {key for key in keys if keys.count(key) > 1 and key != "<<"}
+        if repeated:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"repeated keys {sorted(repeated)}", node.start_mark
+            )
+        return super().construct_mapping(node, deep=deep)
 
 
 def test_services_and_healthchecks(compose: dict[str, Any]) -> None:
@@ -58,9 +73,17 @@ def test_worker_is_one_gpu_process_and_scalable(compose: dict[str, Any]) -> None
     worker = compose["services"]["worker"]
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"] and devices[0]["driver"] == "nvidia"
-    command = " ".join(worker["command"])
-    for flag in ("--concurrency=1", "--prefetch-multiplier=1", "--pool-start-method=spawn", "--queues="):
-        assert flag in command
+    # The one worker command line (shared/worker_launch.py), named as the healthcheck pings it.
+    assert worker["command"][:3] == ["python", "-m", "worker"] and "--hostname=celery@%h" in worker["command"]
+    assert "--destination celery@" in " ".join(worker["healthcheck"]["test"])
+    [(_, argv)] = worker_commands([], ["genq.train"], hostname="celery@%h")
+    for flag in (
+        "--concurrency 1",
+        "--prefetch-multiplier 1",
+        "--pool-start-method spawn",
+        "--hostname celery@%h",
+    ):
+        assert flag in " ".join(argv)
     # `--scale worker=N` needs no fixed name and no published port.
     assert "container_name" not in worker and "ports" not in worker
     assert worker["environment"]["GENQ_DEVICE"] == "cuda"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from api.cli.embedded import EmbeddedConfig, api_command, embedded_environment, worker_command
+from api.cli.embedded import EmbeddedConfig, api_command, embedded_environment
 from api.cli.processes import MAX_RESTARTS_IN_WINDOW, Child, port_is_free
 from api.cli.state import pid_alive, signing_secret
 from tests.conftest import ROOT
@@ -22,23 +22,16 @@ def test_environment_points_children_at_the_embedded_services(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("GENQ_SIGNING_SECRET", raising=False)
-    monkeypatch.delenv("GENQ_TORCH_THREADS", raising=False)
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
     config = EmbeddedConfig(data_dir=tmp_path / "d", port=8123, workers=2, broker_port=6555)
     env = embedded_environment(config)
     assert env["GENQ_DATA_DIR"] == str((tmp_path / "d").resolve())
     assert env["GENQ_BROKER_URL"] == "redis://127.0.0.1:6555/0"
     assert env["GENQ_PUBLIC_BASE_URL"] == "http://127.0.0.1:8123"
-    assert env["GENQ_TORCH_THREADS"] == "4"  # the cores shared between the workers
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
     # The signing secret is made once per data dir, private, and reused on the next start.
     assert env["GENQ_SIGNING_SECRET"] == signing_secret((tmp_path / "d").resolve())
     assert ((tmp_path / "d") / "signing.secret").stat().st_mode & 0o777 == 0o600
-    monkeypatch.setenv("GENQ_TORCH_THREADS", "1")
     monkeypatch.setenv("GENQ_SIGNING_SECRET", "from-the-environment")
-    env = embedded_environment(config)
-    assert env["GENQ_TORCH_THREADS"] == "1" and env["GENQ_SIGNING_SECRET"] == "from-the-environment"
+    assert embedded_environment(config)["GENQ_SIGNING_SECRET"] == "from-the-environment"
     # Webhooks to local http receivers are this machine's user's own business; an explicit value wins.
     assert env["GENQ_WEBHOOK_ALLOW_HTTP"] == env["GENQ_WEBHOOK_ALLOW_PRIVATE"] == "true"
     monkeypatch.setenv("GENQ_WEBHOOK_ALLOW_PRIVATE", "false")
@@ -46,10 +39,6 @@ def test_environment_points_children_at_the_embedded_services(
 
 
 def test_commands() -> None:
-    worker = worker_command(1, ["genq.train", "genq.sample"])
-    assert worker[1:5] == ["-m", "celery", "-A", "worker.celery_app"]
-    assert "--concurrency" in worker and worker[worker.index("--concurrency") + 1] == "1"
-    assert worker[worker.index("--queues") + 1] == "genq.train,genq.sample"
     api = api_command(EmbeddedConfig(data_dir=Path("x"), port=9999))
     assert "127.0.0.1:9999" in api and api[-1] == "api.wsgi:app"
     assert EmbeddedConfig(data_dir=Path("x"), host="0.0.0.0", port=1).api_url == "http://127.0.0.1:1"
