@@ -21,6 +21,7 @@ from api.dashboard.formatting import FILTERS
 from api.errors import ApiError
 from api.pagination import page, page_query
 from api.queries import batch_counts, get_owned, queue_position
+from api.validation import query_uuid
 from api.views import batch_view, job_summary, job_view, model_view
 from shared.job_state import cancel_batch, request_cancel
 from shared.models import TERMINAL_STATUSES, Batch, Job, JobStatus, TrainedModel
@@ -102,10 +103,11 @@ def signout() -> WerkzeugResponse:
 
 def _jobs_context() -> dict[str, Any]:
     session, tenant = db(), tenant_id()
-    query = page_query(
-        select(Job).where(Job.tenant_id == tenant), Job.created_at, Job.id, request.args.get("cursor"),
-        JOBS_PER_PAGE,
-    )  # fmt: skip
+    batch_id = query_uuid("batch")  # one batch's jobs, as GET /v1/jobs?batch= lists them
+    jobs_query = select(Job).where(Job.tenant_id == tenant)
+    if batch_id is not None:
+        jobs_query = jobs_query.where(Job.batch_id == batch_id)
+    query = page_query(jobs_query, Job.created_at, Job.id, request.args.get("cursor"), JOBS_PER_PAGE)
     jobs, next_cursor = page(session.scalars(query).all(), JOBS_PER_PAGE)
     batches = session.scalars(
         select(Batch).where(Batch.tenant_id == tenant).order_by(Batch.created_at.desc()).limit(BATCHES_SHOWN)
@@ -115,6 +117,7 @@ def _jobs_context() -> dict[str, Any]:
         "batches": [batch_view(batch, batch_counts(session, batch.id)) for batch in batches],
         "next_cursor": next_cursor,
         "cursor": request.args.get("cursor"),
+        "batch_id": str(batch_id) if batch_id else None,
     }
 
 

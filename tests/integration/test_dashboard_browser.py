@@ -100,7 +100,11 @@ def test_dashboard_in_chromium(
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
 
         watched = submit(server, tenant, WATCHED)
-        behind = submit(server, tenant, QUEUED_BEHIND)  # one worker, one job at a time: this one waits
+        # A batch queued behind it (one worker, one job at a time): its first job is next in line.
+        body = {"items": [{"kind": "train", "params": QUEUED_BEHIND}] * 2}
+        batch = requests.post(f"{server.url}/v1/batches", json=body, headers=tenant.headers, timeout=30)
+        assert batch.status_code == 202, batch.text
+        behind = batch.json()["job_ids"][0]
 
         # The jobs page updates itself: the watched job's bar moves without a reload.
         bar = page.locator(f'tr[data-job="{watched}"] progress')
@@ -116,6 +120,7 @@ def test_dashboard_in_chromium(
                 (job["status"], (job["progress"] or {}).get("phase"), (job["progress"] or {}).get("percent"))
             )
             page.wait_for_timeout(300)
+        assert page.locator(f'tr[data-batch="{batch.json()["id"]}"]').count() == 1
         queued_row = page.locator(f'tr[data-job="{behind}"]')
         assert queued_row.get_attribute("data-status") == "queued"
         assert "next" in queued_row.inner_text()  # its queue position

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from api.app import create_app
 from shared.logging import bound_log_context, configure_logging
-from shared.models import ApiKey, Job, JobStatus, utcnow
+from shared.models import ApiKey, Batch, Job, JobStatus, utcnow
 from shared.settings import Settings
 from shared.specs import JobKind
 from shared.tenants import revoke_api_key
@@ -198,3 +198,20 @@ def test_revoking_the_key_ends_its_dashboard_session(
     revoke_api_key(session, key_id)
     session.commit()
     assert client.get("/models").headers["Location"].startswith("/signin")
+
+
+def test_a_batchs_jobs_on_their_own(client: FlaskClient, session: Session, tenant: Tenant) -> None:
+    batch = Batch(id=uuid.uuid4(), tenant_id=tenant.id, total=1, created_at=utcnow())
+    session.add(batch)
+    session.commit()
+    inside = add_job(session, tenant, JobStatus.queued)
+    inside.batch_id = batch.id
+    session.commit()
+    outside = add_job(session, tenant, JobStatus.queued)
+    sign_in(client, tenant.key)
+    everything = client.get("/jobs").text
+    assert str(batch.id)[:8] in everything and str(outside.id) in everything
+    page = client.get(f"/jobs?batch={batch.id}")
+    assert str(inside.id) in page.text and str(outside.id) not in page.text
+    assert f"/jobs/live?batch={batch.id}" in page.text  # the live part keeps the filter
+    assert client.get("/jobs?batch=nope").status_code == 400
