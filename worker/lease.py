@@ -13,6 +13,7 @@ stops at its next step check and its outputs are discarded (see `worker.executio
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -50,7 +51,13 @@ class LeaseKeeper:
         self.failures = 0  # renewals and progress writes that failed since the last good renewal
         self._expires = (clock() if granted_at is None else granted_at) + lease_seconds
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"lease-{lease.job_id}", daemon=True)
+        # In a copy of the caller's context: the heartbeat's log lines carry the job's ids too.
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._beat,),
+            name=f"lease-{lease.job_id}",
+            daemon=True,
+        )
 
     def start(self) -> LeaseKeeper:
         self._thread.start()
