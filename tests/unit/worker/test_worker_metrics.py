@@ -53,3 +53,21 @@ def test_each_worker_process_gets_its_own_metrics_port(monkeypatch: pytest.Monke
     assert ports == ["9400", "9401", "9402"]
     monkeypatch.delenv("GENQ_WORKER_METRICS_PORT")
     assert all("GENQ_WORKER_METRICS_PORT" not in env for env, _ in worker_commands(["0"], ["q"]))
+
+
+def test_gpu_gauges_read_nvml_at_scrape_time() -> None:
+    from types import SimpleNamespace
+
+    from worker.metrics import GpuCollector
+
+    class FakeNvml:  # NVML's calls as pynvml exposes them
+        def nvmlDeviceGetMemoryInfo(self, handle: object) -> SimpleNamespace:
+            return SimpleNamespace(used=3 * 2**30, total=80 * 2**30)
+
+        def nvmlDeviceGetUtilizationRates(self, handle: object) -> SimpleNamespace:
+            return SimpleNamespace(gpu=37)
+
+    gauges = {m.name: m.samples for m in GpuCollector(FakeNvml(), [("0", object())]).collect()}
+    assert gauges["genq_gpu_memory_used_bytes"][0].value == 3 * 2**30
+    assert gauges["genq_gpu_memory_total_bytes"][0].labels == {"gpu": "0"}
+    assert gauges["genq_gpu_utilization_ratio"][0].value == 0.37
