@@ -55,6 +55,9 @@ app.conf.update(
     # The job keeps running through a broker reconnection: its state lives in SQL, not in the message.
     worker_cancel_long_running_tasks_on_connection_loss=False,
 )
+if settings.broker_url.startswith(("redis://", "rediss://")):
+    # kombu's Redis transport, minus the worker exit on a queue entry that is not a message.
+    app.conf.broker_transport = "worker.transport:Transport"
 
 
 class SweeperStep(bootsteps.StartStopStep):
