@@ -170,3 +170,24 @@ def test_storage_outage_mid_job_is_retried(
     record(f"S3 {mode.value} {OUTAGE:.0f} s mid-job", "jobs final after S3 back", time.monotonic() - restored)
     assert_consistent(jobs, settings, [long, *short])
     assert a.process.poll() is None
+
+
+def test_broker_cut_mid_job(isolate: Isolate, workers: Workers, jobs: JobClient, settings: Settings) -> None:
+    """A's Redis connections are reset for OUTAGE seconds while it trains: the job (its state is in SQL)
+    finishes once, and A reconnects and consumes again."""
+    isolated = isolate()
+    a = isolated.start(workers)
+    job_id = jobs.submit(JobKind.train, train(100))
+    jobs.wait_until(job_id, lambda job: (job.progress or {}).get("step", 0) >= 5, timeout=60)
+    isolated.set(Mode.cut, isolated.broker)
+    time.sleep(OUTAGE)
+    restored = isolated.set(Mode.passing, isolated.broker)
+    later = [jobs.submit(JobKind.train, train(5)) for _ in range(2)]
+    all_final(jobs, [job_id, *later], timeout=90)
+    record(
+        f"worker cut from Redis {OUTAGE:.0f} s mid-job",
+        "new jobs final after Redis back",
+        time.monotonic() - restored,
+    )
+    assert_consistent(jobs, settings, [job_id, *later])
+    assert jobs.get(job_id).attempts == 1 and a.process.poll() is None
