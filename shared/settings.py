@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     sweep_interval_seconds: int = Field(15, ge=1)
     requeue_after_seconds: int = Field(300, ge=1, description="republish a queued job older than this")
     max_attempts: int = Field(3, ge=1, le=100)
+    # A job interrupted by an unreachable database or object store is held (lease renewed) until that
+    # dependency answers again, at most this long, then requeued: an outage does not use up its attempts.
+    recovery_wait_seconds: float = Field(120.0, ge=0)
     progress_interval_seconds: float = Field(0.5, gt=0)
     # A queued job whose message left this long ago and is neither waiting in the broker nor held by a
     # worker lost its message (a flushed broker): the sweeper publishes it again.

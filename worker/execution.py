@@ -19,13 +19,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import job_state
-from shared.db import session_factory
+from shared.db import ping_database, session_factory
 from shared.job_events import ChangeNotifier
 from shared.job_state import Lease
 from shared.logging import bind_log_context
 from shared.models import Job, JobStatus
 from shared.settings import Settings, get_settings
-from shared.storage import ObjectStore, make_store
+from shared.storage import ObjectStore, make_store, probe_store
 from worker.engine.runtime import Canceled, RunContext, pick_device
 from worker.failures import Failure, classify, is_database_fault
 from worker.lease import LeaseKeeper
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 Runner = Callable[[JobRun], Outcome]
 RECORD_TRIES = 3  # registry versions are "next per name": a concurrent insert means try again
+RECOVERY_PROBE_SECONDS = 1.0
 
 
 class ClaimUnavailable(Exception):
@@ -135,6 +136,7 @@ def _run(
                 type(error).__name__,
                 str(error).splitlines()[0] if str(error) else "",
             )
+            _wait_for_recovery(failure, settings, keeper)
             return _Ending(
                 f"interrupted ({failure.code})",
                 lambda s: _release_or_fail(s, lease, failure, settings.max_attempts),
@@ -150,6 +152,33 @@ def _run(
     return _Ending(
         "succeeded",
         lambda s: "succeeded" if _record_success(s, lease, outcome, outputs) else None,
+    )
+
+
+def _wait_for_recovery(failure: Failure, settings: Settings, keeper: LeaseKeeper) -> None:
+    """Hold the attempt (its lease still renewed) until the dependency that failed answers again, for at
+    most `recovery_wait_seconds`, before giving the job back. Requeued at once, a job would spend its
+    attempts within one outage, on this worker or the next; and a worker waiting here takes no other job
+    that would fail the same way."""
+    probe = {
+        "storage_unavailable": lambda: probe_store(settings).check(),
+        "database_unavailable": lambda: ping_database(settings.sql_url),
+    }.get(failure.code)
+    if probe is None:
+        return
+    deadline = time.monotonic() + settings.recovery_wait_seconds
+    while time.monotonic() < deadline and not keeper.should_stop():
+        try:
+            probe()
+        except Exception:
+            time.sleep(RECOVERY_PROBE_SECONDS)
+            continue
+        log.info("%s: answering again; the job goes back to the queue", failure.code)
+        return
+    log.warning(
+        "%s: still failing after %.0f s; the job goes back to the queue",
+        failure.code,
+        settings.recovery_wait_seconds,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -196,6 +197,56 @@ def test_an_infrastructure_fault_requeues_the_job_until_its_attempts_run_out(
     assert (job.status, job.attempts, job.error_code) == (JobStatus.failed, settings.max_attempts, code)
     with db() as session:
         assert session.scalars(select(Artifact).where(Artifact.job_id == job.id)).all() == []
+
+
+class FlakyStore:
+    """A probe store whose check fails `down` times, then answers."""
+
+    def __init__(self, down: int) -> None:
+        self.down, self.checks = down, 0
+
+    def check(self) -> None:
+        self.checks += 1
+        if self.checks <= self.down:
+            raise StorageUnavailable("still down")
+
+
+def test_an_interrupted_attempt_is_held_until_storage_answers_then_requeued(
+    db: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FlakyStore(down=3)
+    monkeypatch.setattr(execution, "probe_store", lambda _settings: store)
+    monkeypatch.setattr(execution, "RECOVERY_PROBE_SECONDS", 0.01)
+    job_id = _job(db)
+    execution.execute(job_id, _fault(StorageUnavailable("down")))
+    assert store.checks == 4  # three failed probes, then the one that answered
+    job = _row(db, job_id)
+    assert (job.status, job.attempts) == (JobStatus.queued, 1)
+
+
+def test_the_hold_is_bounded_and_ends_at_a_cancel(
+    db: sessionmaker[Session], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FlakyStore(down=10**6)
+    monkeypatch.setattr(execution, "probe_store", lambda _settings: store)
+    monkeypatch.setattr(execution, "RECOVERY_PROBE_SECONDS", 0.01)
+    settings.recovery_wait_seconds = 0.3
+    job_id = _job(db)
+    execution.execute(job_id, _fault(StorageUnavailable("down")))
+    assert _row(db, job_id).status == JobStatus.queued and 5 < store.checks < 10**6  # gave up at the bound
+
+    settings.recovery_wait_seconds = 600
+    canceled = _job(db)
+
+    def cancel_soon() -> None:
+        time.sleep(0.3)
+        with db.begin() as session:
+            job_state.request_cancel(session, uuid.UUID(canceled))
+
+    threading.Thread(target=cancel_soon).start()
+    started = time.monotonic()
+    execution.execute(canceled, _fault(StorageUnavailable("down")))
+    assert _row(db, canceled).status == JobStatus.canceled and time.monotonic() - started < 60
 
 
 def test_an_infrastructure_fault_on_a_canceling_job_cancels_it(db: sessionmaker[Session]) -> None:
