@@ -153,6 +153,7 @@ class Readiness(BaseModel):
     checks: dict[str, str] = Field(description="database, broker, storage: ok, unavailable or timeout")
     failed: list[str]
 
+
 class WebhookAttemptView(BaseModel):
     number: int
     started_at: str

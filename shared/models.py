@@ -258,6 +258,7 @@ class Artifact(Base):
 
     __table_args__ = (UniqueConstraint("job_id", "name", name="uq_artifacts_job_name"),)
 
+
 class WebhookDelivery(Base):
     """One event for one webhook URL: its id is the `webhook-id` header, the same on every attempt.
 

@@ -131,26 +131,6 @@ def cmd_revoke_key(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def cmd_gc(args: argparse.Namespace, out: TextIO) -> int:
-    """Delete finished jobs' objects that no row references (shared/storage_gc.py)."""
-    from shared.db import session_factory
-    from shared.storage import make_store
-    from shared.storage_gc import collect_garbage
-
-    settings = settings_for(args)
-    grace = settings.gc_grace_seconds if args.grace_seconds is None else args.grace_seconds
-    report = collect_garbage(
-        session_factory(settings.sql_url),
-        make_store(settings),
-        grace_seconds=grace,
-        limit=args.limit,
-        rescan=args.all,
-        dry_run=args.dry_run,
-    )
-    out.write(("dry run: " if args.dry_run else "") + report.summary() + "\n")
-    return 1 if report.failed else 0
-
-
 def cmd_webhook_secret(args: argparse.Namespace, out: TextIO) -> int:
     """Make the tenant's webhook secret, or with --rotate a new one; printed this once, like an API key
     (genq keeps it to sign with, but never shows it again)."""
@@ -173,6 +153,26 @@ def cmd_webhook_secret(args: argparse.Namespace, out: TextIO) -> int:
         sys.stderr.write(f"webhook secret for tenant {tenant.name}{grace}; it is shown only this once:\n")
         out.write(secret + "\n")
     return 0
+
+
+def cmd_gc(args: argparse.Namespace, out: TextIO) -> int:
+    """Delete finished jobs' objects that no row references (shared/storage_gc.py)."""
+    from shared.db import session_factory
+    from shared.storage import make_store
+    from shared.storage_gc import collect_garbage
+
+    settings = settings_for(args)
+    grace = settings.gc_grace_seconds if args.grace_seconds is None else args.grace_seconds
+    report = collect_garbage(
+        session_factory(settings.sql_url),
+        make_store(settings),
+        grace_seconds=grace,
+        limit=args.limit,
+        rescan=args.all,
+        dry_run=args.dry_run,
+    )
+    out.write(("dry run: " if args.dry_run else "") + report.summary() + "\n")
+    return 1 if report.failed else 0
 
 
 ADMIN_COMMANDS = {

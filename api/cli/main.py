@@ -188,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     admin_sub.add_parser("revoke-key", help="revoke a key by its prefix", parents=[common]).add_argument(
         "prefix"
     )
+    secret = admin_sub.add_parser(
+        "webhook-secret", help="make a tenant's webhook signing secret (shown once)", parents=[common]
+    )
+    secret.add_argument("tenant", help="tenant name or id")
+    secret.add_argument("--rotate", action="store_true", help="replace it (the old one signs for a day)")
     gc = admin_sub.add_parser(
         "gc",
         help="delete finished jobs' objects no row references (failed/canceled outputs, checkpoints, "
@@ -200,11 +205,6 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--limit", type=int, help="at most this many jobs")
     gc.add_argument("--all", action="store_true", help="sweep already-swept jobs again")
     gc.add_argument("--dry-run", action="store_true", help="count, delete nothing")
-    secret = admin_sub.add_parser(
-        "webhook-secret", help="make a tenant's webhook signing secret (shown once)", parents=[common]
-    )
-    secret.add_argument("tenant", help="tenant name or id")
-    secret.add_argument("--rotate", action="store_true", help="replace it (the old one signs for a day)")
     migrate = sub.add_parser(
         "migrate", help="alembic upgrade head on the configured database", parents=[common]
     )
