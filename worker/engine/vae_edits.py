@@ -245,14 +245,21 @@ def _fit_latents(
 
 
 def class_swap(model: VAE, request: EditRequest, classify: Classify | None, ctx: RunContext) -> EditOutput:
-    """Conditional models: encode with the source label, decode the same latent with the target label."""
+    """Conditional models: encode with the source label, decode with the target label the latent moved
+    by the difference of the two classes' mean latents. A latent that kept class information (the
+    encoder is not forced to leave it all to the label) would otherwise pull the output back toward
+    the source class; where the latents carry none, the class means coincide and the move is nil."""
     if not model.num_classes:
         raise ConfigError("operation: class_swap needs a conditional vae (use attribute for this one)")
     x = source_images(model, request)
     labels = source_labels(model, request, x)
     assert labels is not None
     targets = target_labels(model, request, len(x), model.num_classes)
-    out = decode_mean(model, encode(model, x, labels), model.label_vectors(targets))
+    z = encode(model, x, labels)
+    means = model.class_latent_means
+    if means is not None:
+        z = z + (means[targets] - means[labels]).to(z.device)
+    out = decode_mean(model, z, model.label_vectors(targets))
     captions = [
         f"source {i} ({class_name(model, int(s))}) as {class_name(model, int(t))}"
         for i, (s, t) in enumerate(zip(labels.tolist(), targets.tolist(), strict=True))

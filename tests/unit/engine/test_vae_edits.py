@@ -120,6 +120,23 @@ def test_class_swap(models: dict) -> None:
         edit(models["conditional"], EditRequest("class_swap", images=sources(), labels=[0, 1, 2]), None, None)
 
 
+def test_class_swap_moves_the_latent_between_class_means(models: dict) -> None:
+    model = models["conditional"]
+    request = EditRequest("class_swap", images=sources(), labels=[0, 1, 2], target_labels=[2])
+    saved = model.class_latent_means
+    try:
+        model.class_latent_means = torch.zeros_like(saved)  # coinciding means: the label alone changes
+        label_only = edit(model, request, None, None).images
+        moved_means = torch.zeros_like(saved)
+        moved_means[2] = 3.0  # the target class sits elsewhere in latent space
+        model.class_latent_means = moved_means
+        moved = edit(model, request, None, None).images
+    finally:
+        model.class_latent_means = saved
+    assert not np.array_equal(moved[:2], label_only[:2])  # sources of classes 0 and 1 moved toward 2
+    assert np.array_equal(moved[2], label_only[2])  # already class 2: no move
+
+
 @pytest.mark.parametrize("kind", ["conditional", "unconditional"])
 def test_attribute(models: dict, kind: str) -> None:
     model = models[kind]
