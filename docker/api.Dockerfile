@@ -19,6 +19,7 @@ COPY alembic.ini ./
 COPY migrations ./migrations
 COPY shared ./shared
 COPY api ./api
+COPY genq ./genq
 
 USER genq
 EXPOSE 8000

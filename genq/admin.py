@@ -11,7 +11,7 @@ from typing import TextIO
 
 from shared.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]  # the project root: alembic.ini and migrations/
+ROOT = Path(__file__).resolve().parents[1]  # the project root: alembic.ini and migrations/
 
 
 class AdminError(RuntimeError):

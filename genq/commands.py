@@ -13,8 +13,8 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
-from api.cli.client import ApiError, GenqClient
-from api.cli.params import (
+from genq.client import ApiError, GenqClient
+from genq.params import (
     UsageError,
     base_params,
     load_json_arg,
@@ -22,7 +22,7 @@ from api.cli.params import (
     parse_int_list,
     parse_options,
 )
-from api.cli.progress import ProgressBar, batch_done, batch_line, job_line
+from genq.progress import ProgressBar, batch_done, batch_line, job_line
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELED, EXIT_TIMEOUT = 0, 1, 3, 4
 TERMINAL = ("succeeded", "failed", "canceled")

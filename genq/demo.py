@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from api.cli.client import ApiError, GenqClient
-from api.cli.commands import EXIT_OK, download_job, scalar_metrics, wait_for_batch, wait_for_job
-from api.cli.detached import start_detached, stop_running
-from api.cli.embedded import EmbeddedConfig, EmbeddedError
-from api.cli.progress import format_duration
-from api.cli.state import resolve_connection
+from genq.client import ApiError, GenqClient
+from genq.commands import EXIT_OK, download_job, scalar_metrics, wait_for_batch, wait_for_job
+from genq.detached import start_detached, stop_running
+from genq.embedded import EmbeddedConfig, EmbeddedError
+from genq.progress import format_duration
+from genq.state import resolve_connection
 
 NUM_CLASSES = 10  # Fashion-MNIST
 # Width 32 on 2 idle cores with bf16 training: 4,452 steps in the default 240 s on one host, the full 5,000

@@ -8,13 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-from api.cli.embedded import EmbeddedConfig, EmbeddedError
-from api.cli.state import pid_alive, read_state
+from genq.embedded import EmbeddedConfig, EmbeddedError
+from genq.state import pid_alive, read_state
 
 
 def up_command(config: EmbeddedConfig) -> list[str]:
     return [
-        sys.executable, "-m", "api.cli.main", "up",
+        sys.executable, "-m", "genq.main", "up",
         "--data-dir", str(config.data_dir),
         "--port", str(config.port),
         "--host", config.host,
@@ -54,7 +54,7 @@ def stop_running(data_dir: Path, timeout: float = 60.0) -> bool:
     pid = read_state(data_dir.resolve()).get("pid")
     if not pid or not pid_alive(pid):
         return False
-    from api.cli.processes import cmdline
+    from genq.processes import cmdline
 
     if "up" not in cmdline(pid):
         return False  # the pid now belongs to something else

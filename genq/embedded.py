@@ -20,8 +20,8 @@ from typing import Any, TextIO
 
 import requests
 
-from api.cli.processes import Child, cmdline, port_is_free, stop_pid
-from api.cli.state import (
+from genq.processes import Child, cmdline, port_is_free, stop_pid
+from genq.state import (
     KEY_FILE,
     pid_alive,
     read_key,
@@ -193,7 +193,7 @@ class EmbeddedSystem:
         self.broker = start_broker(self.data_dir, config.broker_port)
         self.say(f"broker on {config.broker_url} (append-only file in {self.data_dir / 'broker'})")
 
-        from api.cli.admin import redact, upgrade_database
+        from genq.admin import redact, upgrade_database
 
         upgrade_database(settings.sql_url)
         self.say(f"database at head: {redact(settings.sql_url)}")

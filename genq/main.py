@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from api.cli.client import ApiError, GenqClient
-from api.cli.params import UsageError
-from api.cli.state import default_data_dir, resolve_connection
+from genq.client import ApiError, GenqClient
+from genq.params import UsageError
+from genq.state import default_data_dir, resolve_connection
 
 EXAMPLES = """examples:
   genq up --workers 2
@@ -219,7 +219,7 @@ def client_for(args: argparse.Namespace) -> GenqClient:
 
 
 def _embedded_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from api.cli.embedded import EmbeddedConfig
+    from genq.embedded import EmbeddedConfig
 
     return EmbeddedConfig(
         data_dir=Path(args.data_dir) if args.data_dir else default_data_dir(),
@@ -233,14 +233,14 @@ def _embedded_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def run_command(args: argparse.Namespace) -> int:
     out = sys.stdout
     if args.command == "up":
-        from api.cli.embedded import EmbeddedSystem
+        from genq.embedded import EmbeddedSystem
 
         if args.workers < 1:
             raise UsageError("--workers: at least 1")
         config = _embedded_config(args)
         if args.detach:
-            from api.cli.detached import start_detached
-            from api.cli.state import read_key
+            from genq.detached import start_detached
+            from genq.state import read_key
 
             process = start_detached(config)
             out.write(f"genq is up at {config.api_url} (pid {process.pid}); `genq down` stops it\n")
@@ -248,24 +248,24 @@ def run_command(args: argparse.Namespace) -> int:
             return 0
         return EmbeddedSystem(config, out).run()
     if args.command == "down":
-        from api.cli.detached import stop_running
+        from genq.detached import stop_running
 
         data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
         stopped = stop_running(data_dir, timeout=args.timeout)
         out.write("genq stopped\n" if stopped else f"genq is not running on {data_dir}\n")
         return 0
     if args.command == "demo":
-        from api.cli.demo import cmd_demo
+        from genq.demo import cmd_demo
 
         args.data_dir = args.data_dir or str(default_data_dir())
         return cmd_demo(args, out)
     if args.command in ("admin", "migrate"):
-        from api.cli import admin
+        from genq import admin
 
         handler = admin.cmd_migrate if args.command == "migrate" else admin.ADMIN_COMMANDS[args.admin_command]
         return handler(args, out)
 
-    from api.cli import commands
+    from genq import commands
 
     handlers = {
         "submit": commands.cmd_submit,
@@ -295,8 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("genq: interrupted\n")
         return 130
     except Exception as exc:
-        from api.cli.admin import AdminError
-        from api.cli.embedded import EmbeddedError
+        from genq.admin import AdminError
+        from genq.embedded import EmbeddedError
 
         if isinstance(exc, AdminError | EmbeddedError):
             sys.stderr.write(f"genq: {exc}\n")

@@ -63,7 +63,7 @@ def cmdline(pid: int) -> list[str]:
 
 def stop_pid(pid: int, timeout: float, sig: int = signal.SIGTERM) -> None:
     """Signal a process group, wait up to `timeout`, then SIGKILL it."""
-    from api.cli.state import pid_alive
+    from genq.state import pid_alive
 
     signal_group(pid, sig)
     deadline = time.monotonic() + timeout

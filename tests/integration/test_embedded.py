@@ -17,10 +17,10 @@ import pytest
 import redis
 import requests
 
-from api.cli.client import GenqClient
-from api.cli.commands import download_job, wait_for_job
-from api.cli.progress import ProgressBar
-from api.cli.state import pid_alive, read_key, read_state
+from genq.client import GenqClient
+from genq.commands import download_job, wait_for_job
+from genq.progress import ProgressBar
+from genq.state import pid_alive, read_key, read_state
 from tests.conftest import ROOT, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(170)]
@@ -47,7 +47,7 @@ class Embedded:
         env["GENQ_LEASE_SECONDS"] = "20"
         env["GENQ_HEARTBEAT_SECONDS"] = "2"
         command = [
-            sys.executable, "-m", "api.cli.main", "up", "--workers", "1", "--data-dir", str(self.data_dir),
+            sys.executable, "-m", "genq.main", "up", "--workers", "1", "--data-dir", str(self.data_dir),
             "--port", str(self.port), "--broker-port", str(self.broker_port),
         ]  # fmt: skip
         with self.log.open("ab") as log:

@@ -204,7 +204,7 @@ def test_genq_admin_gc(service_env: dict[str, str], service_settings: Settings) 
     store = make_store(service_settings)
     sessions = session_factory(service_settings.sql_url)
     scenario = build(sessions, store)
-    command = [sys.executable, "-m", "api.cli.main", "admin", "gc", "--grace-seconds", "0"]
+    command = [sys.executable, "-m", "genq.main", "admin", "gc", "--grace-seconds", "0"]
     done = subprocess.run(
         command,
         cwd=ROOT,

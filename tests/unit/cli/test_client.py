@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from api.cli.client import ApiError, GenqClient
-from api.cli.commands import download_any, wait_for_batch, wait_for_job
-from api.cli.main import main
-from api.cli.progress import ProgressBar
+from genq.client import ApiError, GenqClient
+from genq.commands import download_any, wait_for_batch, wait_for_job
+from genq.main import main
+from genq.progress import ProgressBar
 from shared.models import Artifact, Job, JobStatus, utcnow
 from shared.storage import LocalStore, job_key
 from tests.conftest import free_port

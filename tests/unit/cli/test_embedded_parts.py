@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from api.cli.embedded import EmbeddedConfig, api_command, embedded_environment
-from api.cli.processes import MAX_RESTARTS_IN_WINDOW, Child, port_is_free
-from api.cli.state import pid_alive, signing_secret
+from genq.embedded import EmbeddedConfig, api_command, embedded_environment
+from genq.processes import MAX_RESTARTS_IN_WINDOW, Child, port_is_free
+from genq.state import pid_alive, signing_secret
 from tests.conftest import ROOT
 
 
@@ -83,8 +83,8 @@ def test_port_is_free() -> None:
 
 def test_the_cli_never_imports_torch_or_the_worker() -> None:
     code = (
-        "import sys; import api.cli.main, api.cli.commands, api.cli.embedded, api.cli.demo, api.cli.admin;"
-        "import api.cli.detached, api.cli.client;"
+        "import sys; import genq.main, genq.commands, genq.embedded, genq.demo, genq.admin;"
+        "import genq.detached, genq.client;"
         "print([m for m in sys.modules if m in ('torch', 'worker') or m.startswith(('torch.', 'worker.'))])"
     )
     result = subprocess.run(

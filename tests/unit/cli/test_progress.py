@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 
-from api.cli.progress import ProgressBar, batch_line, format_bar, format_duration, job_line, time_budget
+from genq.progress import ProgressBar, batch_line, format_bar, format_duration, job_line, time_budget
 
 
 class FakeTerminal(io.StringIO):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
-from api.cli.admin import upgrade_database
-from api.cli.main import main
+from genq.admin import upgrade_database
+from genq.main import main
 from shared.db import dispose_engines, engine_for
 from shared.models import Tenant
 from shared.tenants import create_tenant, find_tenant
