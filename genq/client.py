@@ -7,7 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,11 @@ import requests
 
 DEFAULT_TIMEOUT = 30.0
 UPLOAD_TIMEOUT = 900.0
+TERMINAL = ("succeeded", "failed", "canceled")
+LONG_POLL_SECONDS = 20  # each follow-up read waits in the API for a change, at most this long
+# Errors worth waiting out while following a job: the API restarting, a slow moment under load.
+TRANSIENT_CODES = ("unreachable", "timeout")
+OUTAGE_GRACE_SECONDS = 60.0
 
 
 class ApiError(Exception):
@@ -31,6 +37,19 @@ class ApiError(Exception):
         if self.details:
             text += f" ({json.dumps(self.details, default=str)})"
         return text
+
+
+class WaitTimeout(ApiError):
+    """The job or batch had not ended when the wait's timeout ran out; `last` is its latest view."""
+
+    def __init__(self, what: str, item_id: str, timeout: float, last: dict[str, Any]) -> None:
+        super().__init__(0, "wait_timeout", f"{what} {item_id} not finished after {timeout:g}s")
+        self.last = last
+
+
+def batch_finished(batch: dict[str, Any]) -> int:
+    counts = batch.get("counts") or {}
+    return sum(int(counts.get(status) or 0) for status in TERMINAL)
 
 
 def _error_from_response(response: requests.Response) -> ApiError:
@@ -157,6 +176,115 @@ class GenqClient:
 
     def cancel_batch(self, batch_id: str) -> dict[str, Any]:
         return self.request("POST", f"/v1/batches/{batch_id}/cancel")
+
+    # -- following jobs and batches to their end ---------------------------------------------------------
+
+    def wait_job(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+        interval: float = 1.0,
+    ) -> dict[str, Any]:
+        """The job's view once it has ended (succeeded, failed or canceled). `on_update(view)` sees
+        every change on the way; WaitTimeout after `timeout` seconds."""
+        return self._follow(
+            "job",
+            job_id,
+            self.get_job,
+            lambda job: job.get("status") in TERMINAL,
+            timeout,
+            on_update,
+            interval,
+        )
+
+    def wait_batch(
+        self,
+        batch_id: str,
+        timeout: float | None = None,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+        interval: float = 1.0,
+    ) -> dict[str, Any]:
+        """The batch's view once every job of it has ended; as `wait_job` otherwise."""
+
+        def ended(batch: dict[str, Any]) -> bool:
+            total = int(batch.get("total") or 0)
+            return bool(total) and batch_finished(batch) >= total
+
+        return self._follow("batch", batch_id, self.get_batch, ended, timeout, on_update, interval)
+
+    def batch_results(self, batch_id: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Each job of the batch, as a full view with fresh download URLs, as soon as it has ended (in
+        the order they end); returns when every job has."""
+        seen: set[str] = set()
+
+        def newly_ended(_batch: dict[str, Any]) -> None:
+            for listed in self.iter_jobs(batch=batch_id, status=",".join(TERMINAL)):
+                if listed["id"] not in seen:
+                    seen.add(listed["id"])
+                    pending.append(str(listed["id"]))
+
+        pending: list[str] = []
+        deadline = time.monotonic() + timeout if timeout else None
+        while True:
+            left = deadline - time.monotonic() if deadline else None
+            batch = self.wait_batch(batch_id, timeout=left, on_update=newly_ended) if not pending else None
+            while pending:
+                yield self.get_job(pending.pop(0))
+            if batch is not None:
+                newly_ended(batch)  # the ones that ended with the last change
+                while pending:
+                    yield self.get_job(pending.pop(0))
+                return
+
+    def _follow(
+        self,
+        what: str,
+        item_id: str,
+        read: Callable[..., dict[str, Any]],
+        ended: Callable[[dict[str, Any]], bool],
+        timeout: float | None,
+        on_update: Callable[[dict[str, Any]], None] | None,
+        interval: float,
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout if timeout else None
+        wait = 0
+        while True:
+            asked = time.monotonic()
+            view = self._riding_out_outages(lambda wait=wait: read(item_id, wait=wait), deadline)
+            if on_update is not None:
+                on_update(view)
+            if ended(view):
+                return view
+            if deadline and time.monotonic() > deadline:
+                raise WaitTimeout(what, item_id, timeout or 0, view)
+            # The API answers a long poll at each change; `interval` still bounds how often it is asked
+            # (an API without long polls answers at once).
+            time.sleep(max(0.0, interval - (time.monotonic() - asked)))
+            wait = (
+                LONG_POLL_SECONDS
+                if deadline is None
+                else max(0, min(LONG_POLL_SECONDS, int(deadline - time.monotonic())))
+            )
+
+    @staticmethod
+    def _riding_out_outages(fetch: Callable[[], dict[str, Any]], deadline: float | None) -> dict[str, Any]:
+        """fetch(), waiting out an API that restarts or is briefly overloaded (OUTAGE_GRACE_SECONDS)."""
+        first_failure = None
+        while True:
+            try:
+                return fetch()
+            except ApiError as exc:
+                transient = exc.code in TRANSIENT_CODES or exc.status >= 500
+                now = time.monotonic()
+                first_failure = first_failure or now
+                if (
+                    not transient
+                    or now - first_failure > OUTAGE_GRACE_SECONDS
+                    or (deadline and now > deadline)
+                ):
+                    raise
+                time.sleep(1.0)
 
     # -- models and datasets ---------------------------------------------------------------------------
 

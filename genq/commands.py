@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
-from genq.client import ApiError, GenqClient
+from genq.client import ApiError, GenqClient, WaitTimeout
 from genq.params import (
     UsageError,
     base_params,
@@ -22,13 +21,9 @@ from genq.params import (
     parse_int_list,
     parse_options,
 )
-from genq.progress import ProgressBar, batch_done, batch_line, job_line
+from genq.progress import ProgressBar, batch_line, job_line
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELED, EXIT_TIMEOUT = 0, 1, 3, 4
-TERMINAL = ("succeeded", "failed", "canceled")
-LONG_POLL_SECONDS = 20  # each wait poll returns at a change, or after this long
-# Errors worth waiting out while polling: the API restarting, a slow moment under load.
-TRANSIENT_CODES = ("unreachable", "timeout")
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -216,29 +211,6 @@ def cmd_status(args: argparse.Namespace, client: GenqClient, out: TextIO) -> int
     return EXIT_OK
 
 
-def _poll(fetch, deadline: float | None, grace: float = 60.0):  # type: ignore[no-untyped-def]
-    """fetch(), riding out a restarting or busy API for up to `grace` seconds."""
-    first_failure = None
-    while True:
-        try:
-            return fetch()
-        except ApiError as exc:
-            transient = exc.code in TRANSIENT_CODES or exc.status >= 500
-            now = time.monotonic()
-            first_failure = first_failure or now
-            if not transient or now - first_failure > grace or (deadline and now > deadline):
-                raise
-            time.sleep(1.0)
-
-
-def _long_poll_seconds(deadline: float | None) -> int:
-    """How long the next poll may wait in the API for a change: at most LONG_POLL_SECONDS, never past
-    the deadline."""
-    if deadline is None:
-        return LONG_POLL_SECONDS
-    return max(0, min(LONG_POLL_SECONDS, int(deadline - time.monotonic())))
-
-
 def _exit_code_for(status: str) -> int:
     return {"succeeded": EXIT_OK, "canceled": EXIT_CANCELED}.get(status, EXIT_FAILED)
 
@@ -252,24 +224,14 @@ def wait_for_job(
     json_output: bool = False,
     bar: ProgressBar | None = None,
 ) -> int:
-    """Poll a job to the end with a progress bar; the exit code says how it ended."""
+    """Follow a job to its end with a progress bar; the exit code says how it ended."""
     bar = bar or ProgressBar()
-    deadline = time.monotonic() + timeout if timeout else None
-    wait = 0
-    while True:
-        asked = time.monotonic()
-        job = _poll(lambda wait=wait: client.get_job(job_id, wait=wait), deadline)
-        bar.update(job_line(job))
-        if job.get("status") in TERMINAL:
-            break
-        if deadline and time.monotonic() > deadline:
-            bar.close()
-            sys.stderr.write(f"genq: job {job_id} still {job.get('status')} after {timeout:g}s\n")
-            return EXIT_TIMEOUT
-        # The API answers a long poll at each change; `interval` still bounds how often the bar redraws
-        # (and how often an API without long polls is asked).
-        time.sleep(max(0.0, interval - (time.monotonic() - asked)))
-        wait = _long_poll_seconds(deadline)
+    try:
+        job = client.wait_job(job_id, timeout, lambda view: bar.update(job_line(view)), interval)
+    except WaitTimeout as exc:
+        bar.close()
+        sys.stderr.write(f"genq: job {job_id} still {exc.last.get('status')} after {timeout:g}s\n")
+        return EXIT_TIMEOUT
     bar.close()
     status = str(job["status"])
     if json_output:
@@ -290,29 +252,18 @@ def wait_for_batch(
     json_output: bool = False,
     bar: ProgressBar | None = None,
 ) -> int:
-    """Poll a batch until every job ended; non-zero when any failed (1) or was canceled (3)."""
+    """Follow a batch until every job ended; non-zero when any failed (1) or was canceled (3)."""
     bar = bar or ProgressBar()
-    deadline = time.monotonic() + timeout if timeout else None
-    wait = 0
-    while True:
-        asked = time.monotonic()
-        batch = _poll(lambda wait=wait: client.get_batch(batch_id, wait=wait), deadline)
-        bar.update(batch_line(batch))
-        total = int(batch.get("total") or 0)
-        if total and batch_done(batch) >= total:
-            break
-        if deadline and time.monotonic() > deadline:
-            bar.close()
-            sys.stderr.write(f"genq: batch {batch_id} not finished after {timeout:g}s\n")
-            return EXIT_TIMEOUT
-        # The API answers a long poll at each change; `interval` still bounds how often the bar redraws
-        # (and how often an API without long polls is asked).
-        time.sleep(max(0.0, interval - (time.monotonic() - asked)))
-        wait = _long_poll_seconds(deadline)
+    try:
+        batch = client.wait_batch(batch_id, timeout, lambda view: bar.update(batch_line(view)), interval)
+    except WaitTimeout:
+        bar.close()
+        sys.stderr.write(f"genq: batch {batch_id} not finished after {timeout:g}s\n")
+        return EXIT_TIMEOUT
     bar.close()
     if json_output:
         print_json(batch, out)
-    counts = batch.get("counts") or {}
+    counts, total = batch.get("counts") or {}, batch.get("total")
     if counts.get("failed"):
         sys.stderr.write(f"genq: batch {batch_id}: {counts['failed']} of {total} jobs failed\n")
         return EXIT_FAILED

@@ -12,6 +12,8 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from genq.client import batch_finished
+
 BAR_WIDTH = 28
 
 
@@ -102,16 +104,11 @@ def batch_counts(batch: Mapping[str, Any]) -> dict[str, int]:
     return {str(k): int(v) for k, v in counts.items() if isinstance(v, int | float)}
 
 
-def batch_done(batch: Mapping[str, Any]) -> int:
-    counts = batch_counts(batch)
-    return sum(counts.get(s, 0) for s in ("succeeded", "failed", "canceled"))
-
-
 def batch_line(batch: Mapping[str, Any]) -> str:
     """`[####....]  412/1000 done  succeeded 410  failed 2  running 2  queued 586`."""
     counts = batch_counts(batch)
     total = int(batch.get("total") or sum(counts.values()) or 0)
-    done = batch_done(batch)
+    done = batch_finished(batch)
     fraction = done / total if total else 0.0
     parts = [format_bar(fraction), f"{done}/{total} done"]
     for status in ("succeeded", "failed", "canceled", "canceling", "running", "queued"):

@@ -8,6 +8,7 @@ import http.server
 import io
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -229,3 +230,27 @@ def test_non_json_errors_become_api_errors(html_server: str, tmp_path: Path) -> 
     with pytest.raises(ApiError, match="checksum"):
         client.download(f"{html_server}/file", tmp_path / "g", "1" * 64)
     assert not (tmp_path / "g").exists()
+
+
+def test_the_python_client_yields_a_batchs_jobs_as_they_end(live_api: LiveApi) -> None:
+    import genq
+
+    client = genq.Client(live_api.url, live_api.key, timeout=10)
+    items = [{"kind": "train", "params": {"family": "cnn", "dataset": "digits", "name": f"m{i}"}} for i in range(3)]
+    batch = client.submit_batch({"items": items})
+    job_ids = batch["job_ids"]
+
+    def finish_one_by_one() -> None:
+        for job_id in reversed(job_ids):
+            time.sleep(0.3)
+            add_artifact(live_api, job_id, "grid.png", job_id.encode())
+            set_status(live_api, job_id, JobStatus.succeeded)
+
+    finisher = threading.Thread(target=finish_one_by_one)
+    finisher.start()
+    ended = list(client.batch_results(batch["id"], timeout=60))
+    finisher.join(timeout=10)
+    assert sorted(job["id"] for job in ended) == sorted(job_ids) and len(ended) == 3
+    assert all(job["status"] == "succeeded" and job["artifacts"][0]["url"] for job in ended)
+    with pytest.raises(genq.WaitTimeout):
+        client.wait_job(client.submit_job("train", {"family": "cnn", "dataset": "digits"})["id"], timeout=0.2)
