@@ -46,6 +46,7 @@ from worker.engine.imageset import ImageSet, to_unit_range
 from worker.engine.runtime import RunContext, configure_threads, tune_allocator
 
 CPU = torch.device("cpu")
+OPERATIONS = ("reconstruct", "inpaint", "class_swap", "attribute", "interpolate")
 DEFAULT_CACHE = Path(os.environ.get("GENQ_BENCH_CACHE", "/tmp/genq-bench-editing"))
 # family -> (options, seconds cap): the defaults a user gets but for fewer steps, so that the bench stays
 # within minutes on a busy 2-core machine; the cap only guards against a far slower one.
@@ -333,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--path-images", type=int, default=32, help="images (and pairs) for paths")
     parser.add_argument("--frames", type=int, default=6, help="frames per attribute/interpolation path")
     parser.add_argument("--families", default="gan,vae")
+    parser.add_argument("--operations", default=",".join(OPERATIONS), help="a comma-separated subset")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="trained models are kept here")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -351,18 +353,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     k = len(test.class_names)
     targets = (labels + rng.integers(1, k, len(labels))) % k  # a different class for each image
     started = time.perf_counter()
-    bench.reconstruct(images)
-    bench.inpaint(images, args.seed)
-    bench.class_swap(images, labels, targets, args.seed)
+    operations = set(args.operations.split(","))
+    if "reconstruct" in operations:
+        bench.reconstruct(images)
+    if "inpaint" in operations:
+        bench.inpaint(images, args.seed)
+    if "class_swap" in operations:
+        bench.class_swap(images, labels, targets, args.seed)
     few = slice(0, args.path_images)
-    bench.attribute(images[few], labels[few], targets[few], args.frames)
+    if "attribute" in operations:
+        bench.attribute(images[few], labels[few], targets[few], args.frames)
     others = rng.permutation(len(test))
     pairs = []
     for i in chosen[: args.path_images]:
         j = next(int(j) for j in others if bench.test_labels[j] != bench.test_labels[i])
         others = others[others != j]
         pairs.append((int(i), j))
-    bench.interpolate(np.array(pairs), args.frames)
+    if "interpolate" in operations:
+        bench.interpolate(np.array(pairs), args.frames)
     print(f"\n{len(images)} test images; {time.perf_counter() - started:.0f} s of edits\n")
     print(table(bench.rows), flush=True)
     if args.json:
