@@ -160,16 +160,26 @@ def cmd_gc(args: argparse.Namespace, out: TextIO) -> int:
     from shared.db import session_factory
     from shared.storage import make_store
     from shared.storage_gc import collect_garbage
+    from shared.tenants import find_tenant
 
     settings = settings_for(args)
+    sessions = session_factory(settings.sql_url)
     grace = settings.gc_grace_seconds if args.grace_seconds is None else args.grace_seconds
+    tenant_id = None
+    if args.tenant:
+        with sessions() as session:
+            tenant = find_tenant(session, args.tenant)
+        if tenant is None:
+            raise AdminError(f"no tenant {args.tenant!r}")
+        tenant_id = tenant.id
     report = collect_garbage(
-        session_factory(settings.sql_url),
+        sessions,
         make_store(settings),
         grace_seconds=grace,
         limit=args.limit,
         rescan=args.all,
         dry_run=args.dry_run,
+        tenant_id=tenant_id,
     )
     out.write(("dry run: " if args.dry_run else "") + report.summary() + "\n")
     return 1 if report.failed else 0

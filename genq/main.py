@@ -205,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--limit", type=int, help="at most this many jobs")
     gc.add_argument("--all", action="store_true", help="sweep already-swept jobs again")
     gc.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    gc.add_argument("--tenant", help="only this tenant's jobs (name or id)")
     migrate = sub.add_parser(
         "migrate", help="alembic upgrade head on the configured database", parents=[common]
     )

@@ -114,15 +114,17 @@ def collect_garbage(
     rescan: bool = False,
     dry_run: bool = False,
     now: dt.datetime | None = None,
+    tenant_id: uuid.UUID | None = None,
 ) -> GcReport:
     """Sweep finished jobs (oldest first) that finished more than `grace_seconds` ago and were not swept
-    yet (every finished job with `rescan`), at most `limit` of them. Stops early when storage is down."""
+    yet (every finished job with `rescan`), at most `limit` of them, of one tenant when `tenant_id` is
+    given. Stops early when storage is down."""
     now = now or utcnow()
     cutoff = now - dt.timedelta(seconds=grace_seconds)
     report = GcReport()
     after: tuple[dt.datetime, uuid.UUID] | None = None
     while limit is None or report.jobs + report.failed < limit:
-        batch = _finished_jobs(sessions, cutoff, rescan, after, min(BATCH, limit or BATCH))
+        batch = _finished_jobs(sessions, cutoff, rescan, after, min(BATCH, limit or BATCH), tenant_id)
         if not batch:
             break
         after = (batch[-1].finished_at, batch[-1].id)
@@ -154,6 +156,7 @@ def _finished_jobs(
     rescan: bool,
     after: tuple[dt.datetime, uuid.UUID] | None,
     count: int,
+    tenant_id: uuid.UUID | None = None,
 ) -> list[_Finished]:
     # Keyset pagination on (finished_at, id): a sweep marks rows, so offsets would skip some.
     query = select(Job.id, Job.tenant_id, Job.finished_at).where(
@@ -161,6 +164,8 @@ def _finished_jobs(
     )
     if not rescan:
         query = query.where(Job.outputs_swept_at.is_(None))
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
     if after is not None:
         query = query.where(tuple_(Job.finished_at, Job.id) > tuple_(*after))
     query = query.order_by(Job.finished_at, Job.id).limit(count)

@@ -204,7 +204,9 @@ def test_genq_admin_gc(service_env: dict[str, str], service_settings: Settings) 
     store = make_store(service_settings)
     sessions = session_factory(service_settings.sql_url)
     scenario = build(sessions, store)
-    command = [sys.executable, "-m", "genq.main", "admin", "gc", "--grace-seconds", "0"]
+    # One tenant's jobs: the session's database holds every other test's finished jobs too.
+    tenant = str(scenario.tenant_id)
+    command = [sys.executable, "-m", "genq.main", "admin", "gc", "--grace-seconds", "0", "--tenant", tenant]
     done = subprocess.run(
         command,
         cwd=ROOT,
