@@ -46,7 +46,7 @@ def test_training_outputs_are_fenced_and_gc_leaves_exactly_the_artifacts(
     extra = set(store.list_keys(prefix)) - {row.key for row in artifacts.values()}
     assert extra == {job.checkpoint_key} and "/attempts/1/checkpoints/step-000000010-" in job.checkpoint_key
 
-    collect_garbage(jobs.sessions, store, grace_seconds=0)
+    collect_garbage(jobs.sessions, store, grace_seconds=0, tenant_id=jobs.tenant_id)  # this test's jobs only
     assert set(store.list_keys(prefix)) == {row.key for row in artifacts.values()}
 
 
