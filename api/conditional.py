@@ -1,16 +1,38 @@
 """Strong ETags on reads, so a client polling an unchanged resource gets `304 Not Modified` and no body.
 
-The tag is a hash of the exact bytes of the reply (werkzeug's `add_etag`), so it changes whenever
-anything in the view does. Download URLs in a view are reused while most of their life is left
-(api/download_urls.py), which keeps an unchanged job's view byte-identical between polls.
+The tag is a hash of the view with its download URLs left out, plus the URL epoch (api/download_urls.py).
+Every API process (and replica) computes the same tag for the same row, though each signs its own URLs;
+and since URLs are minted afresh each epoch, a copy a client keeps through 304s carries URLs that stay
+valid at least half their lifetime past the moment its tag stops matching.
 """
 
 from __future__ import annotations
 
-from flask import Response, request
+import hashlib
+import json
+from typing import Any
+
+from flask import Response, jsonify, request
+
+from api.context import api
 
 
-def conditional(response: Response) -> Response:
-    """Tag the reply and answer `If-None-Match` with a bodiless 304 when the tag matches."""
-    response.add_etag()
+def _without_urls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_urls(v) for k, v in value.items() if k != "url" and not k.endswith("_url")}
+    if isinstance(value, list):
+        return [_without_urls(v) for v in value]
+    return value
+
+
+def view_tag(view: dict[str, Any]) -> str:
+    """The ETag (unquoted) of a JSON view."""
+    content = json.dumps([api().urls.epoch(), _without_urls(view)], sort_keys=True, default=str)
+    return hashlib.sha1(content.encode(), usedforsecurity=False).hexdigest()
+
+
+def conditional(view: dict[str, Any], tag: str | None = None) -> Response:
+    """The view as JSON with its ETag; a bodiless 304 when the request's If-None-Match holds the tag."""
+    response = jsonify(view)
+    response.set_etag(tag or view_tag(view))
     return response.make_conditional(request)

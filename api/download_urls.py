@@ -1,9 +1,9 @@
 """Download URLs minted once per object and reused while they still have most of their life left.
 
 Presigning is the costliest part of a job view (a SigV4 signature per artifact); a client polling a
-finished job every second would otherwise pay for a fresh signature on every poll. A cached URL is
-handed out only while at least half of its lifetime remains, so every URL a client receives stays valid
-for at least `ttl / 2` seconds, and a job view is byte-identical between polls (which lets its ETag match).
+finished job every second would otherwise pay for a fresh signature on every poll. Time is cut into
+epochs of `ttl / 2`; a URL is minted once per epoch and handed out only within it, so every URL a client
+receives stays valid for at least `ttl / 2` seconds after its epoch ends.
 """
 
 from __future__ import annotations
@@ -29,20 +29,24 @@ class DownloadUrls:
         self.reuse_seconds = signer.ttl / 2
         self.max_entries = max_entries
         self.clock = clock
-        self._urls: OrderedDict[tuple[str, str | None], tuple[float, str]] = OrderedDict()
+        self._urls: OrderedDict[tuple[str, str | None], tuple[int, str]] = OrderedDict()
         self._lock = threading.Lock()
 
+    def epoch(self) -> int:
+        """The current reuse period: URLs are minted afresh in each (every process agrees on it)."""
+        return int(self.clock() // self.reuse_seconds)
+
     def download_url(self, key: str, filename: str | None = None) -> str:
-        now = self.clock()
+        epoch = self.epoch()
         slot = (key, filename)
         with self._lock:
             cached = self._urls.get(slot)
-            if cached is not None and now - cached[0] < self.reuse_seconds:
+            if cached is not None and cached[0] == epoch:
                 self._urls.move_to_end(slot)
                 return cached[1]
         url = self.signer.download_url(key, filename)
         with self._lock:
-            self._urls[slot] = (now, url)
+            self._urls[slot] = (epoch, url)
             self._urls.move_to_end(slot)
             while len(self._urls) > self.max_entries:
                 self._urls.popitem(last=False)

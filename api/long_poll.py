@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from flask import Response, request
 
-from api.conditional import conditional
+from api.conditional import conditional, view_tag
 from api.context import api, db
 from api.validation import query_int
 
@@ -24,30 +25,26 @@ def wait_seconds() -> int:
     return query_int("wait", 0, 0, MAX_WAIT_SECONDS)
 
 
-def _tag(response: Response) -> str | None:
-    response.add_etag()
-    return response.get_etag()[0]
-
-
-def long_poll(item_id: str, read: Callable[[], tuple[Response, bool]], seconds: int) -> Response:
-    """`read()` gives (the JSON reply, whether the item is final). Waits up to `seconds` for a reply
-    that differs from the client's copy (its If-None-Match) or, lacking one, from the first read."""
+def long_poll(item_id: str, read: Callable[[], tuple[dict[str, Any], bool]], seconds: int) -> Response:
+    """`read()` gives (the view, whether the item is final). Waits up to `seconds` for a view whose tag
+    differs from the client's copy (its If-None-Match) or, lacking one, from the first read's."""
     if seconds <= 0:
         return conditional(read()[0])
     waiters = api().waiters
     with waiters.watch(item_id) as changed:
-        response, final = read()
-        current = _tag(response)
+        view, final = read()
+        tag = view_tag(view)
         known = request.if_none_match
-        if final or (known and not known.contains(current or "")):
-            return conditional(response)
-        baseline = current
+        if final or (known and not known.contains(tag)):
+            return conditional(view, tag)
+        baseline = tag
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             db().close()  # no connection held while waiting
             if waiters.wait(changed, left):
                 changed.clear()
-            response, final = read()
-            if final or _tag(response) != baseline:
+            view, final = read()
+            tag = view_tag(view)
+            if final or tag != baseline:
                 break
-    return conditional(response)
+    return conditional(view, tag)

@@ -39,9 +39,9 @@ def read(batch_id: str) -> Response:
     seconds = wait_seconds()
     owner = tenant_id()
 
-    def reply() -> tuple[Response, bool]:
+    def reply() -> tuple[dict[str, Any], bool]:
         view = _view(get_owned(db(), Batch, batch_id, owner))
-        return jsonify(view), bool(view["done"])
+        return view, bool(view["done"])
 
     return long_poll(str(parse_id(batch_id, "batch", "batch_id")), reply, seconds)
 

@@ -59,9 +59,9 @@ def read(job_id: str) -> Response:
     seconds = wait_seconds()
     owner = tenant_id()
 
-    def reply() -> tuple[Response, bool]:
+    def reply() -> tuple[dict[str, Any], bool]:
         job = get_owned(db(), Job, job_id, owner, joinedload(Job.artifacts))
-        return jsonify(_detail(job)), job.status in TERMINAL_STATUSES
+        return _detail(job), job.status in TERMINAL_STATUSES
 
     return long_poll(str(parse_id(job_id, "job", "job_id")), reply, seconds)
 

@@ -11,12 +11,14 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from api.app import create_app
 from api.download_urls import DownloadUrls
 from api.key_cache import KeyCache, KnownKey
 from shared.models import Artifact, Job, JobStatus, utcnow
+from shared.settings import Settings
 from shared.specs import JobKind
 from shared.tenants import revoke_api_key
-from tests.unit.api.conftest import Tenant, add_model
+from tests.unit.api.conftest import RecordingPublisher, Tenant, add_model
 from tests.unit.api.test_batches import template_batch
 
 
@@ -82,7 +84,7 @@ def test_a_revoked_key_stops_working_within_the_cache_bound(
     assert client.get("/v1/jobs", headers=tenant.headers).status_code == 401  # never cached as live again
 
 
-def test_download_urls_are_reused_for_half_their_life() -> None:
+def test_download_urls_are_minted_once_per_epoch_of_half_their_life() -> None:
     class Signer:
         ttl = 100
         minted = 0
@@ -185,3 +187,20 @@ def test_wait_on_a_finished_job_or_batch_answers_at_once_and_is_bounded(
         reply = client.get(f"/v1/jobs/{job.id}?wait={bad}", headers=tenant.headers)
         assert reply.status_code == 400 and reply.json["error"]["details"][0]["field"] == "wait"
     assert client.get(f"/v1/jobs/{job.id}?wait=5", headers=other.headers).status_code == 404
+
+
+def test_every_api_process_gives_an_unchanged_job_the_same_etag(
+    app: Flask, settings: Settings, tenant: Tenant, session: Session, publisher: RecordingPublisher
+) -> None:
+    job = _finished_job(session, tenant.id)
+    first = app.test_client().get(f"/v1/jobs/{job.id}", headers=tenant.headers)
+    time.sleep(1.1)  # the other process signs its URLs a second later: other expiries, other signatures
+    other = create_app(settings, publisher=publisher).test_client()
+    second = other.get(
+        f"/v1/jobs/{job.id}", headers={**tenant.headers, "If-None-Match": first.headers["ETag"]}
+    )
+    assert second.status_code == 304
+    urls = {a["url"] for a in first.json["artifacts"]}
+    assert urls.isdisjoint(
+        a["url"] for a in other.get(f"/v1/jobs/{job.id}", headers=tenant.headers).json["artifacts"]
+    )
