@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import re
 import subprocess
@@ -156,22 +157,30 @@ def wait_finished(sessions: Any, job_id: str, timeout: float = 60) -> None:
     raise TimeoutError(f"job {job_id} not finished after {timeout}s")
 
 
-RECEIVED = re.compile(
-    r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/MainProcess\] "
-    r"Task genq\.generate\[([0-9a-f-]+)\] received"
-)
+RECEIVED = re.compile(r"Task genq\.generate\[([0-9a-f-]+)\] received")
+TEXT_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ")
 
 
 def received_times(log_text: str) -> dict[str, float]:
-    """job id -> when the worker's main process took the message off Redis (Celery's log, local time)."""
-    return {
-        job_id: dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        for stamp, job_id in RECEIVED.findall(log_text)
-    }
+    """job id -> when the worker's main process took the message off Redis, from Celery's log: JSON lines
+    (the default, shared/logging.py) or text lines (GENQ_LOG_FORMAT=text, local time)."""
+    times = {}
+    for line in log_text.splitlines():
+        found = RECEIVED.search(line)
+        if found is None:
+            continue
+        if line.startswith("{"):
+            stamp = dt.datetime.fromisoformat(json.loads(line)["time"]).timestamp()
+        elif (text := TEXT_STAMP.match(line)) is not None:
+            stamp = dt.datetime.strptime(text.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        else:
+            continue
+        times[found.group(1)] = stamp
+    return times
 
 
-# published_at is stamped after the send returns, often after the worker has the message: it cannot split
-# the publish from the delivery, so one segment holds both (and a line below shows the gap on its own).
+# published_at is written with the row (the submission's one commit): it cannot split the publish from
+# the delivery, so one segment holds both (and a line below shows the gap on its own).
 SEGMENTS = (
     ("API: auth, validation, row built", "submitted", "created"),
     ("API: commit + publish; Redis -> worker main", "created", "received"),
