@@ -40,7 +40,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@if [ ! -x "$(PY)" ]; then \
 		$(PYTHON) -m venv $(VENV) || { $(call apt_install,python3-venv); $(PYTHON) -m venv $(VENV); }; \
 	fi
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[api,worker,dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[api,worker,dev,bench]"
 	rm -f $(VENV)/.genq-installed-*
 	touch $@
 
