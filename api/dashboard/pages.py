@@ -14,6 +14,7 @@ from flask.blueprints import BlueprintSetupState
 from sqlalchemy import select
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from api import cancellation
 from api.auth import tenant_id
 from api.context import api, db
 from api.dashboard import signin as auth
@@ -23,7 +24,6 @@ from api.pagination import page, page_query
 from api.queries import batch_counts, get_owned, queue_position
 from api.validation import query_uuid
 from api.views import batch_view, job_summary, job_view, model_view
-from shared.job_state import cancel_batch, request_cancel
 from shared.models import TERMINAL_STATUSES, Batch, Job, JobStatus, TrainedModel
 
 bp = Blueprint(
@@ -159,8 +159,7 @@ def cancel_job(job_id: str) -> WerkzeugResponse:
     _refuse_forged()
     session = db()
     job = get_owned(session, Job, job_id, tenant_id())
-    request_cancel(session, job.id)
-    session.commit()
+    cancellation.cancel_job(session, job)
     return auth.redirect_to(url_for("dashboard.job", job_id=job.id))
 
 
@@ -170,8 +169,7 @@ def cancel_batch_page(batch_id: str) -> WerkzeugResponse:
     _refuse_forged()
     session = db()
     batch = get_owned(session, Batch, batch_id, tenant_id())
-    cancel_batch(session, batch.id)
-    session.commit()
+    cancellation.cancel_batch(session, batch)
     return auth.redirect_to(url_for("dashboard.jobs"))
 
 

@@ -7,14 +7,13 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, url_for
 
 from api.auth import tenant_id
+from api.cancellation import cancel_batch
 from api.context import api, db
 from api.long_poll import long_poll, wait_seconds
 from api.queries import batch_counts, get_owned
-from api.routes.webhooks import record_cancel
 from api.submission import submit_batch
 from api.validation import idempotency_key, json_body, parse_id
 from api.views import batch_view
-from shared.job_state import cancel_batch
 from shared.models import Batch
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
@@ -50,9 +49,6 @@ def read(batch_id: str) -> Response:
 def cancel(batch_id: str) -> Response:
     session = db()
     batch = get_owned(session, Batch, batch_id, tenant_id())
-    cancel_batch(session, batch.id)
-    record_cancel(session, batch_id=batch.id)
-    session.commit()
-    api().notifier.changed([batch.id])
+    cancel_batch(session, batch)
     session.refresh(batch)
     return jsonify(_view(batch))

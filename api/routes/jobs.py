@@ -9,15 +9,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import joinedload
 
 from api.auth import tenant_id
+from api.cancellation import cancel_job
 from api.context import api, db
 from api.long_poll import long_poll, wait_seconds
 from api.pagination import page, page_limit, page_query
 from api.queries import get_owned, queue_position
-from api.routes.webhooks import record_cancel
 from api.submission import submit_job
 from api.validation import idempotency_key, json_body, parse_id, query_choice, query_uuid
 from api.views import job_summary, job_view
-from shared.job_state import request_cancel
 from shared.models import TERMINAL_STATUSES, Job, JobStatus
 from shared.specs import JobKind
 
@@ -70,9 +69,6 @@ def read(job_id: str) -> Response:
 def cancel(job_id: str) -> Response:
     session = db()
     job = get_owned(session, Job, job_id, tenant_id())
-    request_cancel(session, job.id)
-    record_cancel(session, job_id=job.id)
-    session.commit()
-    api().notifier.changed([job.id, job.batch_id])
+    cancel_job(session, job)
     session.refresh(job)
     return jsonify(_detail(job))
