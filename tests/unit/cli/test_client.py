@@ -236,7 +236,9 @@ def test_the_python_client_yields_a_batchs_jobs_as_they_end(live_api: LiveApi) -
     import genq
 
     client = genq.Client(live_api.url, live_api.key, timeout=10)
-    items = [{"kind": "train", "params": {"family": "cnn", "dataset": "digits", "name": f"m{i}"}} for i in range(3)]
+    items = [
+        {"kind": "train", "params": {"family": "cnn", "dataset": "digits", "name": f"m{i}"}} for i in range(3)
+    ]
     batch = client.submit_batch({"items": items})
     job_ids = batch["job_ids"]
 
