@@ -50,9 +50,3 @@ def queue_position(session: Session, job: Job) -> int | None:
     )
     query = select(func.count()).where(Job.status == JobStatus.queued, Job.queue == job.queue, ahead)
     return session.scalar(query) or 0
-
-
-def batch_counts(session: Session, batch_id: uuid.UUID) -> dict[str, int]:
-    """Jobs per status in one GROUP BY."""
-    query = select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)
-    return {status.value: count for status, count in session.execute(query)}

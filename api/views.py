@@ -13,6 +13,7 @@ from typing import Any
 from shared.models import Artifact, Batch, Dataset, Job, JobStatus, TrainedModel, utcnow
 from shared.specs import JobKind
 from shared.storage import ObjectStore
+from shared.webhooks import batch_data
 
 
 def iso(value: dt.datetime | None) -> str | None:
@@ -126,18 +127,9 @@ def job_view(job: Job, store: ObjectStore, queue_position: int | None) -> dict[s
 
 
 def batch_view(batch: Batch, counts: Mapping[str, int]) -> dict[str, Any]:
+    """The batch as its webhook events describe it (shared.webhooks.batch_data), and when it was canceled."""
     by_status = {status.value: int(counts.get(status.value, 0)) for status in JobStatus}
-    finished = sum(by_status[s] for s in ("succeeded", "failed", "canceled"))
-    return {
-        "id": str(batch.id),
-        "total": batch.total,
-        "counts": by_status,
-        "finished": finished,
-        "done": finished >= batch.total,
-        "canceled": batch.canceled_at is not None,
-        "canceled_at": iso(batch.canceled_at),
-        "created_at": iso(batch.created_at),
-    }
+    return {**batch_data(batch, by_status), "canceled_at": iso(batch.canceled_at)}
 
 
 def model_view(model: TrainedModel, store: ObjectStore) -> dict[str, Any]:

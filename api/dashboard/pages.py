@@ -21,10 +21,11 @@ from api.dashboard import signin as auth
 from api.dashboard.formatting import FILTERS
 from api.errors import ApiError
 from api.pagination import page, page_query
-from api.queries import batch_counts, get_owned, queue_position
+from api.queries import get_owned, queue_position
 from api.validation import query_uuid
 from api.views import batch_view, job_summary, job_view, model_view
 from shared.models import TERMINAL_STATUSES, Batch, Job, JobStatus, TrainedModel
+from shared.webhooks import batch_counts
 
 bp = Blueprint(
     "dashboard", __name__, template_folder="templates", static_folder="static",

@@ -10,11 +10,12 @@ from api.auth import tenant_id
 from api.cancellation import cancel_batch
 from api.context import api, db
 from api.long_poll import long_poll, wait_seconds
-from api.queries import batch_counts, get_owned
+from api.queries import get_owned
 from api.submission import submit_batch
 from api.validation import idempotency_key, json_body, parse_id
 from api.views import batch_view
 from shared.models import Batch
+from shared.webhooks import batch_counts
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
