@@ -11,11 +11,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.errors import field_error
-from shared.models import Dataset, TrainedModel
+from shared import registry
 from shared.specs import BUILTIN_DATASETS, EditParams, Family, JobKind, Spec
 
 SAMPLERS = (Family.gan, Family.vae)
@@ -64,16 +63,8 @@ def check_references(
     if not wanted:
         return
     ids = {t: {_uuid(r.value) for r in wanted if r.table == t} - {None} for t in ("model", "dataset")}
-    families: dict[uuid.UUID, Family] = {}
-    if ids["model"]:
-        query = select(TrainedModel.id, TrainedModel.family).where(
-            TrainedModel.tenant_id == tenant_id, TrainedModel.id.in_(ids["model"])
-        )
-        families = {row.id: row.family for row in session.execute(query)}
-    datasets: set[uuid.UUID] = set()
-    if ids["dataset"]:
-        query = select(Dataset.id).where(Dataset.tenant_id == tenant_id, Dataset.id.in_(ids["dataset"]))
-        datasets = set(session.scalars(query))
+    families = registry.model_families(session, tenant_id, ids["model"])
+    datasets = registry.existing_datasets(session, tenant_id, ids["dataset"])
     for ref, prefix in wanted.items():
         field = f"{prefix}.{ref.field}"
         ref_id = _uuid(ref.value)

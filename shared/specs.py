@@ -11,7 +11,7 @@ import enum
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 MAX_GENERATE_COUNT = 100_000
 MAX_BATCH_ITEMS = 10_000
@@ -41,7 +41,9 @@ class Spec(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Training: common options, then each family's own. Engine Config dataclasses accept exactly these keys.
+# Training: common options, then each family's own. Each option is declared here only: the engine's
+# family Configs take their option fields from these classes (worker/engine/options.py). None means
+# "the family's default".
 
 
 class TrainOptions(Spec):
@@ -100,6 +102,7 @@ class TrainParams(Spec):
     max_seconds: float | None = Field(None, gt=0, le=7 * 86400, description="training time budget")
     checkpoint_every_steps: int | None = Field(None, ge=1)
     checkpoint_every_seconds: float = Field(60.0, ge=1, le=86400)
+    _options: TrainOptions = PrivateAttr()  # `options` parsed, by _check
 
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
@@ -117,10 +120,12 @@ class TrainParams(Spec):
             field = ".".join(str(part) for part in first["loc"])
             raise ValueError(f"options.{field}: {first['msg']}") from None
         self.options = options.model_dump(exclude_unset=True)
+        self._options = options
         return self
 
     def family_options(self) -> TrainOptions:
-        return FAMILY_OPTIONS[self.family].model_validate(self.options)
+        """The family's options, parsed when these params were (not checked again)."""
+        return self._options
 
 
 # ---------------------------------------------------------------------------------------------------

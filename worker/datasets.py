@@ -5,36 +5,36 @@ from __future__ import annotations
 import uuid
 import zipfile
 
-import torch
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import registry
 from shared.datasets import DatasetError
 from shared.models import Dataset
 from shared.specs import BUILTIN_DATASETS
 from shared.storage import ObjectNotFound
-from worker.engine import data
-from worker.engine.imageset import ImageSet
+from worker.engine import api as engine
+from worker.engine.api import ImageSet
 from worker.runners.base import JobRun
-
-# Splits of an upload: it has one, used for training, editing sources and as the real images of evaluation.
-SPLITS = ("train", "test")
 
 
 def has_test_split(name: str) -> bool:
-    """Only the built-in data sets ship a held-out split."""
+    """Only the built-in data sets ship a held-out split; an upload has one, used for training, editing
+    sources and as the real images of evaluation."""
     return name in BUILTIN_DATASETS
 
 
 def load_dataset(
     job: JobRun, name: str, split: str, size: int | None = None, channels: int | None = None
 ) -> ImageSet:
-    """Raises DatasetError (the job fails with invalid_dataset) for an unknown, foreign or broken set."""
-    if split not in SPLITS:
-        raise DatasetError(f"split: must be one of {', '.join(SPLITS)}")
+    """`split`: "train" or "test". Raises DatasetError (the job fails with invalid_dataset) for an
+    unknown, foreign or broken set."""
     if name in BUILTIN_DATASETS:
-        images = data.load_builtin(name, split, size, root=str(job.settings.fashion_mnist_dir))
-        return match_channels(images, channels) if channels else images
+        images = engine.load_builtin(name, split, size, root=str(job.settings.fashion_mnist_dir))
+        if channels is None:
+            return images
+        # Grey repeated to RGB, or RGB to luma: sources for a model trained on other data.
+        converted = engine.convert_channels(images.images, channels)
+        return ImageSet(converted, images.labels, images.class_names, images.name)
     row = _upload_row(job.sessions, job.tenant_id, name)
     path = job.workdir / f"dataset-{row.id}.{row.format}"
     if not path.exists():
@@ -43,7 +43,7 @@ def load_dataset(
         except ObjectNotFound:
             raise DatasetError(f"dataset {name}: its file is missing from storage") from None
     try:
-        images = data.load_upload(path, size, channels)
+        images = engine.load_upload(path, size, channels)
     except DatasetError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
@@ -59,20 +59,7 @@ def _upload_row(sessions: sessionmaker[Session], tenant_id: uuid.UUID, name: str
     except ValueError:
         raise DatasetError(f"dataset: {name!r} is neither a built-in data set nor a dataset id") from None
     with sessions() as session:
-        row = session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id))
+        row = registry.get_dataset(session, tenant_id, dataset_id)
     if row is None:
         raise DatasetError(f"dataset {name}: not found")
     return row
-
-
-def match_channels(images: ImageSet, channels: int) -> ImageSet:
-    """Grey repeated to RGB, or RGB to ITU-R 601 luma: sources for a model trained on other data."""
-    if images.channels == channels:
-        return images
-    pixels = images.images
-    if channels == 3:
-        converted = pixels.expand(-1, 3, -1, -1).contiguous()
-    else:
-        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        converted = (pixels.float() * weights).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
-    return ImageSet(converted, images.labels, images.class_names, images.name)

@@ -13,11 +13,10 @@ import uuid
 from collections import OrderedDict
 
 import torch
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.models import TrainedModel, utcnow
-from shared.specs import Family
+from shared import registry
+from shared.models import TrainedModel
 from shared.storage import ObjectNotFound, ObjectStore
 from worker.engine import api as engine
 from worker.engine.api import LoadedModel
@@ -35,9 +34,7 @@ def model_row(
     sessions: sessionmaker[Session], tenant_id: uuid.UUID, model_id: uuid.UUID, field: str = "model_id"
 ) -> TrainedModel:
     with sessions() as session:
-        row = session.scalar(
-            select(TrainedModel).where(TrainedModel.id == model_id, TrainedModel.tenant_id == tenant_id)
-        )
+        row = registry.get_model(session, tenant_id, model_id)
     if row is None:
         raise JobError("model_not_found", f"{field}: model {model_id} not found")
     return row
@@ -48,16 +45,7 @@ def newest_classifier(
 ) -> TrainedModel | None:
     """The tenant's most recent CNN trained on `dataset`."""
     with sessions() as session:
-        return session.scalar(
-            select(TrainedModel)
-            .where(
-                TrainedModel.tenant_id == tenant_id,
-                TrainedModel.family == Family.cnn,
-                TrainedModel.dataset == dataset,
-            )
-            .order_by(TrainedModel.created_at.desc(), TrainedModel.version.desc())
-            .limit(1)
-        )
+        return registry.newest_classifier(session, tenant_id, dataset)
 
 
 def load_model(
@@ -79,7 +67,7 @@ def load_model(
         what = "missing from storage" if checkpoint is None else "damaged (its sha256 does not match)"
         log.error("model %s: checkpoint %s is %s", row.id, row.checkpoint_key, what)
         if sessions is not None:
-            mark_checkpoint(sessions, row.id, missing=True)
+            _mark_checkpoint(sessions, row.id, missing=True)
         # The message names the model, never the internal object key.
         raise JobError(
             "checkpoint_missing",
@@ -87,7 +75,7 @@ def load_model(
         )
     model = engine.load(checkpoint, device)
     if sessions is not None and row.checkpoint_missing_at is not None:
-        mark_checkpoint(sessions, row.id, missing=False)  # restored since it was found missing
+        _mark_checkpoint(sessions, row.id, missing=False)  # restored since it was found missing
     with _lock:
         _cache[key] = model
         while len(_cache) > MAX_CACHED_MODELS:
@@ -95,15 +83,9 @@ def load_model(
     return model
 
 
-def mark_checkpoint(sessions: sessionmaker[Session], model_id: uuid.UUID, missing: bool) -> None:
-    """Record whether the model's checkpoint was found missing (a fact about the model, not fenced on
-    any job): GET /v1/models shows it without asking storage."""
+def _mark_checkpoint(sessions: sessionmaker[Session], model_id: uuid.UUID, missing: bool) -> None:
     with sessions.begin() as session:
-        session.execute(
-            update(TrainedModel)
-            .where(TrainedModel.id == model_id)
-            .values(checkpoint_missing_at=utcnow() if missing else None)
-        )
+        registry.mark_checkpoint(session, model_id, missing)
 
 
 def clear_cache() -> None:

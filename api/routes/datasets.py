@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path, PurePath
 
 from flask import Blueprint, Response, jsonify, request, url_for
-from sqlalchemy import select
 
 from api.auth import tenant_id
 from api.context import api, db
@@ -21,6 +20,7 @@ from api.errors import ApiError, field_error
 from api.pagination import page, page_limit, page_query
 from api.queries import get_owned
 from api.views import dataset_view
+from shared import registry
 from shared.datasets import DatasetError, inspect_upload
 from shared.models import Dataset, utcnow
 from shared.storage import StorageError, dataset_key
@@ -104,7 +104,7 @@ def upload() -> tuple[Response, int, dict[str, str]]:
 @bp.get("")
 def list_datasets() -> Response:
     limit = page_limit()
-    query = select(Dataset).where(Dataset.tenant_id == tenant_id())
+    query = registry.datasets_query(tenant_id())
     cursor = request.args.get("cursor")
     rows = db().scalars(page_query(query, Dataset.created_at, Dataset.id, cursor, limit)).all()
     datasets, next_cursor = page(rows, limit)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from sqlalchemy import select
 
 from api.auth import tenant_id
 from api.context import api, db
@@ -13,6 +12,7 @@ from api.pagination import page, page_limit, page_query
 from api.queries import get_owned
 from api.validation import query_choice, query_text
 from api.views import model_view
+from shared import registry
 from shared.models import TrainedModel, utcnow
 from shared.specs import Family
 from shared.storage import StorageError, probe_store
@@ -27,11 +27,7 @@ def list_models() -> Response:
     families = query_choice("family", [f.value for f in Family], multiple=True)
     name = query_text("name")
     limit = page_limit()
-    query = select(TrainedModel).where(TrainedModel.tenant_id == tenant_id())
-    if families:
-        query = query.where(TrainedModel.family.in_([Family(f) for f in families]))
-    if name is not None:
-        query = query.where(TrainedModel.name == name)
+    query = registry.models_query(tenant_id(), [Family(f) for f in families or ()], name)
     cursor = request.args.get("cursor")
     rows = db().scalars(page_query(query, TrainedModel.created_at, TrainedModel.id, cursor, limit)).all()
     models, next_cursor = page(rows, limit)

@@ -1,15 +1,14 @@
-"""The engine's interface to the job service (the only module `worker/tasks` imports from the engine).
+"""The engine's front door: the only module the worker's runners and caches import from the engine.
 
-Everything here is plain PyTorch + NumPy: no SQL, S3 or Celery. The worker's tasks turn a job's validated
-params into these calls and store what comes back.
-
-Contract (fixed; the family modules implement it):
+Everything here is plain PyTorch + NumPy: no SQL, S3, Celery or environment variables (the runner passes
+settings in). The runners turn a job's validated params into these calls and store what comes back.
 
 - `train(family, options, data, ctx, holdout=None) -> TrainOutput`
-    family in {"cnn", "gan", "vae"}; `options` is the family's option dict (validated by the family's
-    `Config.from_options`, raising `ConfigError` naming the field); `data` the training `ImageSet`
-    (a deterministic validation split is taken inside, seeded by options["seed"]); `ctx` a `RunContext`
-    (progress, cancel, checkpoints, resume, time budget, device).
+    family: a registered family (families.py); `options` the family's parsed option schema
+    (shared/specs.py), trusted as given (a plain dict, from a direct caller, is parsed once, raising
+    `ConfigError` naming the field); `data` the training `ImageSet` (a deterministic validation split is
+    taken inside, seeded by the options' seed); `ctx` a `RunContext` (progress, cancel, checkpoints,
+    resume, time budget, device).
 - `load(checkpoint, device=None) -> LoadedModel`   (self-describing checkpoints: family + config inside)
 - `generate(model, seeds, labels, *, truncation, temperature, chunk_size, ctx) -> Iterator[np.ndarray]`
     yields uint8 (b, H, W, C) chunks in item order; item i depends only on (model, seeds[i], labels[i],
@@ -17,82 +16,48 @@ Contract (fixed; the family modules implement it):
 - `item_seed(job_seed, index) -> int`: the per-item seed of item `index` of a job seeded `job_seed`.
 - `edit(model, request, classifier=None, ctx=None) -> EditOutput`
 - `evaluate(model, classifier, real, *, num_samples, seed, ctx) -> dict`
+- data sets (`load_builtin`, `load_upload`, `convert_channels`) and pictures (`encode_png`, `encode_pngs`,
+  `grid_png`, `resize_images`) for the runners' inputs and outputs.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import pickle
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import torch
 
-from worker.engine.imageset import ImageSet, to_uint8
-from worker.engine.latents import SAMPLE_BLOCK, item_seed
-from worker.engine.runtime import ConfigError, RunContext, pick_device, unpack_checkpoint
+from shared.specs import TrainOptions
+from worker.engine import cnn
+from worker.engine.contract import EDIT_OPERATIONS, EditOutput, EditRequest, LoadedModel, TrainOutput
+from worker.engine.data import convert_channels, load_builtin, load_upload
+from worker.engine.evaluation import evaluate
+from worker.engine.families import FAMILIES, model_family
+from worker.engine.images import encode_png, encode_pngs, grid_png, resize_images
+from worker.engine.imageset import ImageSet
+from worker.engine.latents import item_seed
+from worker.engine.runtime import Canceled, ConfigError, RunContext, pick_device, unpack_checkpoint
+from worker.engine.sampling import generate
 
-FAMILIES = ("cnn", "gan", "vae")
-__all__ = ["item_seed"]
-
-EDIT_OPERATIONS = ("reconstruct", "interpolate", "inpaint", "class_swap", "attribute", "invert")
-GENERATIVE_FAMILIES = ("gan", "vae")
+__all__ = [
+    "EDIT_OPERATIONS", "FAMILIES", "Canceled", "ConfigError", "EditOutput", "EditRequest", "ImageSet",
+    "LoadedModel", "RunContext", "TrainOutput", "classifier_function", "convert_channels", "edit",
+    "encode_png", "encode_pngs", "evaluate", "family_module", "generate", "grid_png", "item_seed", "load",
+    "load_builtin", "load_upload", "resize_images", "train",
+]  # fmt: skip
 
 
 def family_module(family: str) -> ModuleType:
-    """The family's module, imported on first use: a broken or missing family never breaks the others."""
-    if family not in FAMILIES:
-        raise ConfigError(f"family: unknown model family {family!r} (one of {', '.join(FAMILIES)})")
-    return importlib.import_module(f"worker.engine.{family}")
-
-
-@dataclass
-class TrainOutput:
-    checkpoint: bytes  # self-describing: family, config, weights (EMA for GAN), step, data shape
-    metrics: dict[str, Any]  # family metrics (see evaluation); JSON-serialisable
-    sample_grid_png: bytes  # samples (GAN/VAE) or validation images with predictions (CNN)
-    loss_curve_png: bytes
-
-
-@dataclass
-class LoadedModel:
-    family: str
-    config: dict[str, Any]
-    image_size: int
-    channels: int
-    num_classes: int  # 0 when unconditional / unlabelled
-    class_names: list[str]
-    version_hash: str  # sha256 of the checkpoint bytes: the reproducibility record's model hash
-    module: Any  # family-specific model object (eval mode, on its device)
-
-
-@dataclass
-class EditRequest:
-    operation: str  # one of EDIT_OPERATIONS
-    images: np.ndarray | None = None  # (N, H, W, C) uint8 sources, at the model's size and channels
-    labels: Sequence[int] | None = None  # source labels for conditional models
-    seeds: Sequence[int] | None = None  # latent seeds instead of images (interpolate between seeds)
-    target_labels: Sequence[int] | None = None  # class_swap / attribute: the class to move toward
-    mask: np.ndarray | None = None  # inpaint: (H, W) bool, True where pixels are missing
-    steps: int = 8  # interpolate: number of frames; inpaint/invert: optimisation steps scale
-    strength: float = 1.0  # attribute: how far along the class-difference direction
-    seed: int = 0
-
-
-@dataclass
-class EditOutput:
-    images: np.ndarray  # (M, H, W, C) uint8
-    captions: list[str] = field(default_factory=list)  # one per image: what it is
-    metrics: dict[str, float] = field(default_factory=dict)  # e.g. masked_psnr, target_class_rate
+    """The registered family's module (its Config, train and load, and what else it offers)."""
+    return model_family(family).module
 
 
 def train(
     family: str,
-    options: dict[str, Any],
+    options: TrainOptions | Mapping[str, Any],
     data: ImageSet,
     ctx: RunContext,
     holdout: ImageSet | None = None,
@@ -100,7 +65,7 @@ def train(
     """`holdout`: the data set's official test split when it has one; metrics are reported on it,
     else on the deterministic validation split taken from `data`."""
     module = family_module(family)
-    config = module.Config.from_options(dict(options), data)
+    config = module.Config.from_options(options, data)
     return module.train(config, data, ctx, holdout)
 
 
@@ -127,112 +92,26 @@ def load(checkpoint: bytes, device: torch.device | None = None) -> LoadedModel:
     )
 
 
-def generate(
-    model: LoadedModel,
-    seeds: Sequence[int],
-    labels: Sequence[int] | None = None,
-    *,
-    truncation: float = 1.0,
-    temperature: float = 1.0,
-    chunk_size: int = 256,
-    ctx: RunContext | None = None,
-) -> Iterator[np.ndarray]:
-    """Checks run at the call (a bad request fails before any work); the images come lazily, one chunk
-    at a time, so `count` images are never all in memory."""
-    if model.family not in GENERATIVE_FAMILIES:
-        raise ConfigError(f"model: a {model.family} model cannot generate images (gan or vae can)")
-    if chunk_size < 1:
-        raise ConfigError("chunk_size: must be at least 1")
-    seeds = [int(seed) for seed in seeds]
-    item_labels = _item_labels(model, labels, len(seeds))
-    sample = family_module(model.family).sample
-    # The samplers run fixed-size blocks (latents.in_fixed_blocks); they are called with whole blocks and
-    # their output handed out chunk by chunk, so a small chunk_size costs no padded rows.
-    work = -(-chunk_size // SAMPLE_BLOCK) * SAMPLE_BLOCK
-    return _chunks(model, sample, seeds, item_labels, truncation, temperature, chunk_size, work, ctx)
-
-
-def _chunks(
-    model: LoadedModel,
-    sample: Callable[..., torch.Tensor],
-    seeds: list[int],
-    labels: list[int] | None,
-    truncation: float,
-    temperature: float,
-    chunk_size: int,
-    work: int,
-    ctx: RunContext | None,
-) -> Iterator[np.ndarray]:
-    for start in range(0, len(seeds), work):
-        if ctx is not None:
-            ctx.check()
-        work_labels = None if labels is None else labels[start : start + work]
-        with torch.inference_mode():
-            images = sample(
-                model.module, seeds[start : start + work], work_labels,
-                truncation=truncation, temperature=temperature,
-            )  # fmt: skip
-            batch = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()  # (b, H, W, C)
-        for offset in range(0, len(batch), chunk_size):
-            yield batch[offset : offset + chunk_size]
-            if ctx is not None:
-                done = start + min(offset + chunk_size, len(batch))
-                ctx.report("generate", done, len(seeds))
-
-
-def _item_labels(model: LoadedModel, labels: Sequence[int] | int | None, count: int) -> list[int] | None:
-    """One label per item (a single int applies to all), checked against the model's classes."""
-    if labels is None:
-        return None
-    if not model.num_classes:
-        raise ConfigError("labels: this model is unconditional; leave labels out")
-    item_labels = [int(labels)] * count if isinstance(labels, int) else [int(label) for label in labels]
-    if len(item_labels) != count:
-        raise ConfigError(f"labels: {len(item_labels)} given for {count} items")
-    if any(not 0 <= label < model.num_classes for label in item_labels):
-        raise ConfigError(f"labels: must be in [0, {model.num_classes})")
-    return item_labels
-
-
 def edit(
     model: LoadedModel,
     request: EditRequest,
     classifier: LoadedModel | None = None,
     ctx: RunContext | None = None,
 ) -> EditOutput:
-    """Dispatch to the family's edits module. `classifier` (a CNN trained on the same data) scores class
-    edits (target_class_rate); without it that metric is left out."""
-    if model.family not in GENERATIVE_FAMILIES:
+    """Dispatch to the family's edits. `classifier` (a CNN trained on the same data; the API checked its
+    family) scores class edits (target_class_rate); without it that metric is left out."""
+    family_edit = model_family(model.family).edit
+    if family_edit is None:
         raise ConfigError(f"model: a {model.family} model cannot edit images (gan or vae can)")
     if request.operation not in EDIT_OPERATIONS:
         raise ConfigError(
             f"operation: unknown edit {request.operation!r} (one of {', '.join(EDIT_OPERATIONS)})"
         )
-    edits = importlib.import_module(f"worker.engine.{model.family}_edits")
-    return edits.edit(model, request, classifier_function(classifier), ctx)
+    return family_edit(model, request, classifier_function(classifier), ctx)
 
 
 def classifier_function(classifier: LoadedModel | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """images in [-1, 1] (B, C, H, W) -> logits (B, K), from a loaded CNN; None passes through."""
     if classifier is None:
         return None
-    if classifier.family != "cnn":
-        raise ConfigError(f"classifier: must be a cnn model, not {classifier.family}")
-    cnn = family_module("cnn")
     return lambda images: cnn.classify(classifier.module, images)
-
-
-def evaluate(
-    model: LoadedModel,
-    classifier: LoadedModel | None,
-    real: ImageSet,
-    *,
-    num_samples: int = 10_000,
-    seed: int = 0,
-    ctx: RunContext | None = None,
-) -> dict[str, Any]:
-    """Sample-quality metrics of a GAN/VAE against `real` (held-out images) in the feature space of
-    `classifier`, or a CNN's accuracy on `real`. See worker/engine/evaluation.py."""
-    from worker.engine.evaluation import evaluate_generator
-
-    return evaluate_generator(model, classifier, real, num_samples, seed, ctx)

@@ -25,12 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.specs import CnnOptions
-from worker.engine.api import TrainOutput
 from worker.engine.cnn_nets import Classifier
+from worker.engine.contract import TrainOutput
 from worker.engine.images import grid_png, loss_curve_png
 from worker.engine.imageset import ImageSet, to_unit_range
 from worker.engine.latents import item_seed
-from worker.engine.options import validated_options
+from worker.engine.options import given, option_fields, parse_options
 from worker.engine.runtime import (
     ConfigError,
     RunContext,
@@ -49,15 +49,10 @@ HISTORY_POINTS = 2000  # the loss history keeps about this many points (means ov
 
 
 @dataclass
-class Config:
-    seed: int = 0
-    epochs: int = 10
-    max_steps: int | None = None  # wins over epochs
-    batch_size: int = 128  # measured: 94.04 % in 600 s against 93.94 % at 256 (same time, 2 CPU cores)
-    lr: float = BASE_LR_PER_256 / 2  # peak learning rate; default scales with batch_size
-    augment: bool = True
-    width: int = 32
-    label_smoothing: float = 0.1
+class Config(option_fields(CnnOptions, epochs=10, batch_size=128, lr=BASE_LR_PER_256 / 2)):
+    """The options (shared/specs.CnnOptions; lr defaults to BASE_LR_PER_256 scaled to the batch size),
+    what the data fixes, and what the family fixes."""
+
     # Derived from the data.
     image_size: int = 28
     channels: int = 1
@@ -72,18 +67,17 @@ class Config:
     max_shift: int = 2
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], data: ImageSet) -> Config:
-        valid = validated_options(CnnOptions, FAMILY, options)
+    def from_options(cls, options: CnnOptions | dict[str, Any], data: ImageSet) -> Config:
+        options = parse_options(CnnOptions, FAMILY, options)
         if data.labels is None or data.num_classes < 2:
             raise ConfigError("data: a cnn needs labelled images of at least two classes")
         if data.channels not in (1, 3) or data.images.shape[-2] != data.size:
             raise ConfigError("data: a cnn needs square 1- or 3-channel images")
         config = cls(
-            image_size=data.size, channels=data.channels, num_classes=data.num_classes,
+            **given(options), image_size=data.size, channels=data.channels, num_classes=data.num_classes,
             class_names=list(data.class_names),
         )  # fmt: skip
-        config = dataclasses.replace(config, **valid)
-        if "lr" not in valid:
+        if options.lr is None:
             config.lr = BASE_LR_PER_256 * config.batch_size / 256
         return config
 

@@ -2,8 +2,8 @@
 
 Built-in
 - "fashion-mnist": the Debian package's IDX files (`apt-get install -y dataset-fashion-mnist`) in
-  /usr/share/datasets/fashion-mnist/, or `$GENQ_FASHION_MNIST_DIR`, or `root`. 28x28 grey, 10 classes,
-  60 000 train / 10 000 test.
+  /usr/share/datasets/fashion-mnist/, or in `root` (the worker passes its settings' fashion_mnist_dir).
+  28x28 grey, 10 classes, 60 000 train / 10 000 test.
 - "digits": scikit-learn's 8x8 handwritten digits (1 797 images, 0..16 scaled to 0..255), split 80/20 into
   train/test by a fixed permutation, and resized to 28x28 by default so every model family can use it.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import os
 import zipfile
 from pathlib import Path
 
@@ -56,10 +55,6 @@ def parse_idx(raw: bytes, magic: int) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
-def _fashion_dir(root: str | None) -> Path:
-    return Path(root or os.environ.get("GENQ_FASHION_MNIST_DIR") or FASHION_MNIST_DIR)
-
-
 @functools.lru_cache(maxsize=8)
 def _fashion_mnist(directory: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     images_file, labels_file = (Path(directory) / name for name in FASHION_MNIST_FILES[split])
@@ -97,7 +92,7 @@ def load_builtin(
     if split not in ("train", "test"):
         raise DatasetError(f"split: must be 'train' or 'test', not {split!r}")
     if name == "fashion-mnist":
-        images, labels = _fashion_mnist(str(_fashion_dir(root)), split)
+        images, labels = _fashion_mnist(str(root or FASHION_MNIST_DIR), split)
         classes = FASHION_MNIST_CLASSES
     elif name == "digits":
         images, labels = _digits(split)

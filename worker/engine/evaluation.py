@@ -18,13 +18,14 @@ from typing import Any
 
 import torch
 
-from worker.engine import metrics
-from worker.engine.api import LoadedModel, family_module, generate
+from worker.engine import cnn, metrics, vae
+from worker.engine.contract import LoadedModel
 from worker.engine.data import convert_channels
 from worker.engine.images import resize_images
 from worker.engine.imageset import ImageSet, to_unit_range
 from worker.engine.latents import item_seed
 from worker.engine.runtime import ConfigError, RunContext
+from worker.engine.sampling import generate
 
 SAMPLE_CHUNK = 256
 KID_SUBSETS = 100
@@ -40,7 +41,6 @@ def _to_classifier_input(images: torch.Tensor, classifier: LoadedModel) -> torch
 
 
 def _real_features(classifier: LoadedModel, images: torch.Tensor) -> torch.Tensor:
-    cnn = family_module("cnn")
     chunks = images.split(SAMPLE_CHUNK)
     return torch.cat(
         [cnn.features(classifier.module, _to_classifier_input(c, classifier)).cpu() for c in chunks]
@@ -65,32 +65,27 @@ def sample_metrics(real_features: torch.Tensor, fake_features: torch.Tensor, see
     }
 
 
-def _check_classifier(classifier: LoadedModel | None) -> LoadedModel:
-    if classifier is None:
-        raise ConfigError(
-            "classifier_id: sample metrics need a cnn trained on the same data as the feature network"
-        )
-    if classifier.family != "cnn":
-        raise ConfigError(f"classifier_id: must be a cnn model, not {classifier.family}")
-    return classifier
-
-
-def evaluate_generator(
+def evaluate(
     model: LoadedModel,
     classifier: LoadedModel | None,
     real: ImageSet,
-    num_samples: int,
-    seed: int,
-    ctx: RunContext | None,
+    *,
+    num_samples: int = 10_000,
+    seed: int = 0,
+    ctx: RunContext | None = None,
 ) -> dict[str, Any]:
-    """The metrics dict of an evaluation job (JSON-able); see the module docstring."""
+    """The metrics dict of an evaluation job (JSON-able), see the module docstring: a GAN/VAE's samples
+    against `real` (held-out images) in the feature space of `classifier` (a CNN: the API checked the
+    family), or a CNN's accuracy on `real`."""
     ctx = ctx or RunContext()
     if model.family == "cnn":
         return _evaluate_classifier(model, real)
     if num_samples < 4 or len(real) < 4:
         raise ConfigError("num_samples: need at least 4 samples and 4 real images")
-    classifier = _check_classifier(classifier)
-    cnn = family_module("cnn")
+    if classifier is None:
+        raise ConfigError(
+            "classifier_id: sample metrics need a cnn trained on the same data as the feature network"
+        )
 
     order = torch.randperm(len(real), generator=torch.Generator().manual_seed(item_seed(seed, -1)))
     held_out = real.subset(order[:num_samples].sort().values)
@@ -131,13 +126,11 @@ def evaluate_generator(
         else:
             result["conditional_accuracy_skipped"] = "the classifier and the model have different classes"
     if model.family == "vae":
-        vae = family_module("vae")
-        if hasattr(vae, "negative_elbo"):
-            images = _at_model_shape(held_out.images, model)
-            conditional = model.num_classes and held_out.labels is not None
-            result["test_negative_elbo_nats"] = float(
-                vae.negative_elbo(model.module, images, held_out.labels if conditional else None)
-            )
+        images = _at_model_shape(held_out.images, model)
+        conditional = model.num_classes and held_out.labels is not None
+        result["test_negative_elbo_nats"] = float(
+            vae.negative_elbo(model.module, images, held_out.labels if conditional else None)
+        )
     ctx.report("evaluate", num_samples + 1, num_samples + 1)
     return result
 
@@ -152,7 +145,7 @@ def _evaluate_classifier(model: LoadedModel, real: ImageSet) -> dict[str, Any]:
     if real.num_classes != model.num_classes:
         raise ConfigError(f"data: {real.num_classes} classes, but the cnn knows {model.num_classes}")
     images = _at_model_shape(real.images, model)
-    report, _ = family_module("cnn").accuracy_report(
+    report, _ = cnn.accuracy_report(
         model.module, ImageSet(images, real.labels, real.class_names), model.class_names
     )
     return {"family": "cnn", **report}

@@ -19,14 +19,20 @@ import torch
 import torch.nn.functional as F
 
 from shared.specs import GanOptions
-from worker.engine.api import TrainOutput
 from worker.engine.augment import AdaptiveProbability, diff_augment, overfitting
+from worker.engine.contract import TrainOutput
 from worker.engine.gan_nets import Discriminator, Generator
 from worker.engine.images import grid_png
 from worker.engine.imageset import ImageSet, to_uint8, to_unit_range
 from worker.engine.latents import in_fixed_blocks, item_seed, latents_for_seeds, sample_grid_plan
 from worker.engine.loss_history import LossHistory
-from worker.engine.options import check_generative_data, resolve_conditional, validated_options
+from worker.engine.options import (
+    check_generative_data,
+    given,
+    option_fields,
+    parse_options,
+    resolve_conditional,
+)
 from worker.engine.runtime import (
     ConfigError,
     RunContext,
@@ -36,42 +42,35 @@ from worker.engine.runtime import (
     training_autocast,
     unpack_checkpoint,
 )
+from worker.engine.steps import StepBudget, batch_indices
 
 FAMILY = "gan"
 
 
 @dataclass
-class Config:
-    seed: int = 0
-    epochs: int | None = None
-    max_steps: int | None = None  # wins over epochs; neither: default_steps
-    batch_size: int = 64
-    lr: float = 2e-4  # generator
-    conditional: bool | None = None  # None: when the data has labels (resolved by from_options)
-    latent_dim: int = 128
-    width: int = 64
-    ema_decay: float = 0.999
-    diff_augment: bool | None = None  # True: always; False: never; None: adaptive (ADA, see augment.py)
-    lr_d: float | None = None  # discriminator; None: same as lr
+class Config(option_fields(GanOptions, batch_size=64, lr=2e-4), StepBudget):
+    """The options (shared/specs.GanOptions; neither epochs nor max_steps: default_steps; lr_d None: lr;
+    conditional None: when the data has labels; diff_augment None: adaptive, see augment.py), what the
+    data fixes, and what the family fixes."""
+
     # Derived from the data.
     image_size: int = 28
     channels: int = 1
     num_classes: int = 0  # classes the model is conditioned on; 0 when unconditional
     class_names: list[str] = field(default_factory=list)
     # Internal: not user options.
-    # 28x28, width 64, 2 idle cores: 20 steps/s with bf16 autocast (13.6 float32), so about 4 minutes
-    default_steps: int = 5000
+    default_steps: int = 5000  # about 4 minutes at 28x28 on 2 cores (BENCHMARKS.md, "Model engine")
     betas: tuple[float, float] = (0.0, 0.9)  # measured better than (0.5, 0.999) here
     class_loss_weight: float = 0.5  # conditional: auxiliary classification loss (see gan_nets)
     upsample: str = "transposed"  # the generator's doubling stages (gan_nets.upsampling_stage)
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], data: ImageSet) -> Config:
-        valid = validated_options(GanOptions, FAMILY, options)
+    def from_options(cls, options: GanOptions | dict[str, Any], data: ImageSet) -> Config:
+        options = parse_options(GanOptions, FAMILY, options)
         check_generative_data(data, FAMILY)
-        conditional = valid["conditional"] = resolve_conditional(valid.get("conditional"), data)
+        conditional = resolve_conditional(options.conditional, data)
         return cls(
-            **valid,
+            **{**given(options), "conditional": conditional},
             image_size=data.size,
             channels=data.channels,
             num_classes=data.num_classes if conditional else 0,
@@ -84,20 +83,12 @@ class Config:
         values = {k: v for k, v in values.items() if k in names}
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
-        values.setdefault("upsample", "transposed")  # checkpoints from before the choice existed
-        return cls(**values)
+        return cls(**values)  # checkpoints from before `upsample` existed take its default
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["betas"] = list(self.betas)
         return values
-
-    def total_steps(self, num_images: int) -> int:
-        if self.max_steps:
-            return self.max_steps
-        if self.epochs:
-            return self.epochs * -(-num_images // self.batch_size)
-        return self.default_steps
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -138,19 +129,6 @@ def update_ema(ema: Generator, generator: Generator, decay: float) -> None:
 def ema_decay_at(step: int, ema_decay: float) -> float:
     """Warm-up: early on the average follows the weights closely instead of remembering the init."""
     return min(ema_decay, (1.0 + step) / (10.0 + step))
-
-
-def batch_indices(seed: int, step: int, batch_size: int, num_images: int) -> torch.Tensor:
-    """Indices of step `step`'s batch: a stream of per-epoch permutations cut into batches (works for
-    data sets smaller than a batch). A pure function of its arguments, so resuming needs no state."""
-    positions = torch.arange(step * batch_size, (step + 1) * batch_size)
-    epochs, within = positions // num_images, positions % num_images
-    out = torch.empty(batch_size, dtype=torch.long)
-    for epoch in epochs.unique().tolist():
-        order = torch.randperm(num_images, generator=torch.Generator().manual_seed(item_seed(seed, epoch)))
-        chosen = epochs == epoch
-        out[chosen] = order[within[chosen]]
-    return out
 
 
 @torch.no_grad()

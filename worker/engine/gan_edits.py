@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from worker.engine.api import EditOutput, EditRequest, LoadedModel
+from worker.engine.contract import EditOutput, EditRequest, LoadedModel
 from worker.engine.gan_nets import Generator
 from worker.engine.imageset import to_uint8, to_unit_range
 from worker.engine.latents import latents_for_seeds, masked_psnr, slerp

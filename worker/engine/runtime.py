@@ -116,8 +116,9 @@ def tune_allocator() -> bool:
 
 
 def configure_threads(threads: int | None = None) -> int:
-    """Pin intra-op threads: one worker process per core set, no oversubscription with data work."""
-    threads = threads or int(os.environ.get("GENQ_TORCH_THREADS", "0")) or (os.cpu_count() or 1)
+    """Pin intra-op threads (default: every core): one worker process per core set, no oversubscription
+    with data work. The worker passes its settings' torch_threads."""
+    threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     return threads
 

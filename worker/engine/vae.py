@@ -19,13 +19,19 @@ from typing import Any
 import torch
 
 from shared.specs import VaeOptions
-from worker.engine.api import TrainOutput
+from worker.engine.contract import TrainOutput
 from worker.engine.images import grid_png
 from worker.engine.imageset import ImageSet, to_uint8, to_unit_range
 from worker.engine.latents import item_seed, sample_grid_plan
 from worker.engine.loss_history import LossHistory
 from worker.engine.mixture_prior import MixturePrior, fit_mixture
-from worker.engine.options import check_generative_data, resolve_conditional, validated_options
+from worker.engine.options import (
+    check_generative_data,
+    given,
+    option_fields,
+    parse_options,
+    resolve_conditional,
+)
 from worker.engine.runtime import (
     RunContext,
     capture_rng,
@@ -34,6 +40,7 @@ from worker.engine.runtime import (
     training_autocast,
     unpack_checkpoint,
 )
+from worker.engine.steps import StepBudget, batch_indices
 from worker.engine.vae_inference import (
     class_means,
     elbo_terms,
@@ -50,18 +57,11 @@ __all__ = ["Config", "load", "negative_elbo", "sample", "train"]
 
 
 @dataclass
-class Config:
-    seed: int = 0
-    epochs: int | None = None
-    max_steps: int | None = None  # wins over epochs; neither: default_steps
-    batch_size: int = 64
-    lr: float = 1e-3
-    conditional: bool | None = None  # None: when the data has labels (resolved by from_options)
-    latent_dim: int = 32
-    width: int = 32
-    kl_warmup_steps: int = 2000  # capped at half the run, so the end of training optimises the true ELBO
-    likelihood: str = "logistic"
-    prior_components: int = 0
+class Config(option_fields(VaeOptions, batch_size=64, lr=1e-3), StepBudget):
+    """The options (shared/specs.VaeOptions; neither epochs nor max_steps: default_steps; conditional
+    None: when the data has labels; kl_warmup_steps is capped at half the run, so the end of training
+    optimises the true ELBO), what the data fixes, and what the family fixes."""
+
     # Derived from the data.
     image_size: int = 28
     channels: int = 1
@@ -76,12 +76,12 @@ class Config:
     eval_images: int = 10_000  # images the final metrics are measured on
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], data: ImageSet) -> Config:
-        valid = validated_options(VaeOptions, FAMILY, options)
+    def from_options(cls, options: VaeOptions | dict[str, Any], data: ImageSet) -> Config:
+        options = parse_options(VaeOptions, FAMILY, options)
         check_generative_data(data, FAMILY)
-        conditional = valid["conditional"] = resolve_conditional(valid.get("conditional"), data)
+        conditional = resolve_conditional(options.conditional, data)
         return cls(
-            **valid,
+            **{**given(options), "conditional": conditional},
             image_size=data.size,
             channels=data.channels,
             num_classes=data.num_classes if conditional else 0,
@@ -95,13 +95,6 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def total_steps(self, num_images: int) -> int:
-        if self.max_steps:
-            return self.max_steps
-        if self.epochs:
-            return self.epochs * -(-num_images // self.batch_size)
-        return self.default_steps
 
 
 def build_model(config: Config) -> VAE:
@@ -121,19 +114,6 @@ def cosine_lr(step: int, total: int, base: float, warmup: int, min_fraction: flo
         return base * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return base * (min_fraction + (1.0 - min_fraction) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
-
-
-def batch_indices(seed: int, step: int, batch_size: int, num_images: int) -> torch.Tensor:
-    """Indices of step `step`'s batch: a stream of per-epoch permutations cut into batches (works for
-    data sets smaller than a batch). A pure function of its arguments, so resuming needs no state."""
-    positions = torch.arange(step * batch_size, (step + 1) * batch_size)
-    epochs, within = positions // num_images, positions % num_images
-    out = torch.empty(batch_size, dtype=torch.long)
-    for epoch in epochs.unique().tolist():
-        order = torch.randperm(num_images, generator=torch.Generator().manual_seed(item_seed(seed, epoch)))
-        chosen = epochs == epoch
-        out[chosen] = order[within[chosen]]
-    return out
 
 
 def split_for_metrics(

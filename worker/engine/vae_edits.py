@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.engine.api import EditOutput, EditRequest
+from worker.engine.contract import EditOutput, EditRequest
 from worker.engine.imageset import to_uint8, to_unit_range
 from worker.engine.latents import masked_psnr, slerp
 from worker.engine.runtime import ConfigError, RunContext

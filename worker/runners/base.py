@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.job_state import Lease
 from shared.settings import Settings
 from shared.storage import ObjectStore
-from worker.engine.runtime import RunContext
+from worker.engine.api import RunContext
 from worker.outputs import JobOutputs
 
 

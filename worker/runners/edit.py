@@ -6,14 +6,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from shared.specs import EditParams, Family, MaskBox
+from shared.specs import EditParams, MaskBox
 from worker.datasets import load_dataset
 from worker.engine import api as engine
 from worker.engine.api import EditRequest, LoadedModel
-from worker.engine.images import encode_png, grid_png
 from worker.model_cache import load_model, model_row, newest_classifier
 from worker.runners.base import JobError, JobRun, Outcome
-from worker.runners.generate import check_labels, require_generative
+from worker.runners.generate import check_labels
 from worker.shards import ShardWriter
 
 CLASS_EDITS = ("class_swap", "attribute")
@@ -53,10 +52,8 @@ def _classifier(job: JobRun, params: EditParams, dataset: str) -> tuple[LoadedMo
     """The CNN that scores class edits: the one asked for, else the newest on the model's data (optional)."""
     if params.operation not in CLASS_EDITS and params.classifier_id is None:
         return None, None
-    if params.classifier_id is not None:
+    if params.classifier_id is not None:  # a CNN: checked when the job was submitted
         row = model_row(job.sessions, job.tenant_id, params.classifier_id, "classifier_id")
-        if row.family != Family.cnn:
-            raise JobError("invalid_params", "classifier_id: must name a CNN classifier")
     else:
         row = newest_classifier(job.sessions, job.tenant_id, dataset)
         if row is None:
@@ -66,8 +63,7 @@ def _classifier(job: JobRun, params: EditParams, dataset: str) -> tuple[LoadedMo
 
 def run(job: JobRun) -> Outcome:
     params = EditParams.model_validate(job.params)
-    row = model_row(job.sessions, job.tenant_id, params.model_id)
-    require_generative(row.family)
+    row = model_row(job.sessions, job.tenant_id, params.model_id)  # a GAN or VAE: checked on submission
     model = load_model(row, job.store, job.ctx.device, job.sessions)
     images, labels = source_images(job, params, model) if params.source is not None else (None, None)
     count = len(images) if images is not None else 1
@@ -91,9 +87,9 @@ def run(job: JobRun) -> Outcome:
 
     shard = ShardWriter(job.outputs, shard_size=max(1, len(output.images)), workdir=job.workdir)
     for i, image in enumerate(output.images):
-        shard.add(i, encode_png(image))
+        shard.add(i, engine.encode_png(image))
     shard.close()
-    job.outputs.put_bytes("grid.png", grid_png(output.images))
+    job.outputs.put_bytes("grid.png", engine.grid_png(output.images))
     return Outcome(
         {
             "count": len(output.images),

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from shared.models import TrainedModel
-from shared.specs import EvaluateParams, Family
+from shared import registry
+from shared.specs import EvaluateParams
 from worker.datasets import load_dataset
 from worker.engine import api as engine
 from worker.model_cache import load_model, model_row, newest_classifier
@@ -17,10 +17,8 @@ from worker.runners.base import JobError, JobRun, Outcome
 def run(job: JobRun) -> Outcome:
     params = EvaluateParams.model_validate(job.params)
     row = model_row(job.sessions, job.tenant_id, params.model_id)
-    if params.classifier_id is not None:
+    if params.classifier_id is not None:  # a CNN: checked when the job was submitted
         classifier_row = model_row(job.sessions, job.tenant_id, params.classifier_id, "classifier_id")
-        if classifier_row.family != Family.cnn:
-            raise JobError("invalid_params", "classifier_id: must name a CNN classifier")
     else:
         found = newest_classifier(job.sessions, job.tenant_id, row.dataset)
         if found is None:
@@ -46,10 +44,7 @@ def run(job: JobRun) -> Outcome:
     }
 
     def record(session: Session) -> None:
-        # Read-modify-write of the JSON under a row lock, so a concurrent update of the row is not lost.
-        model_entry = session.get(TrainedModel, row.id, with_for_update=True)
-        if model_entry is not None:
-            model_entry.metrics = {**(model_entry.metrics or {}), "evaluation": evaluation}
+        registry.record_evaluation(session, row.id, evaluation)
 
     return Outcome(
         {"model_id": str(row.id), "classifier_id": str(classifier_row.id), "metrics": metrics}, record

@@ -11,10 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from shared.specs import Family, GenerateParams
+from shared.specs import GenerateParams
 from worker.engine import api as engine
-from worker.engine.images import encode_pngs, grid_png, resize_images
-from worker.engine.latents import item_seed
 from worker.model_cache import load_model, model_row
 from worker.runners.base import JobError, JobRun, Outcome
 from worker.shards import ManifestWriter, ShardWriter
@@ -41,28 +39,20 @@ def check_labels(labels: Sequence[int] | None, num_classes: int, field: str = "l
         )
 
 
-def require_generative(family: Family, field: str = "model_id") -> None:
-    if family == Family.cnn:
-        raise JobError(
-            "invalid_params", f"{field}: a CNN classifier cannot generate; give a GAN or VAE model"
-        )
-
-
 def resize_nhwc(chunk: np.ndarray, size: int) -> np.ndarray:
     """uint8 (B, H, W, C) -> (B, size, size, C), antialiased."""
     if chunk.shape[1] == size:
         return chunk
     nchw = torch.from_numpy(np.ascontiguousarray(chunk)).permute(0, 3, 1, 2)
-    return resize_images(nchw, size).permute(0, 2, 3, 1).contiguous().numpy()
+    return engine.resize_images(nchw, size).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def run(job: JobRun) -> Outcome:
     params = GenerateParams.model_validate(job.params)
-    row = model_row(job.sessions, job.tenant_id, params.model_id)
-    require_generative(row.family)
+    row = model_row(job.sessions, job.tenant_id, params.model_id)  # a GAN or VAE: checked on submission
     model = load_model(row, job.store, job.ctx.device, job.sessions)
     first = params.first_index
-    seeds = params.seeds or [item_seed(params.seed, first + i) for i in range(params.count)]
+    seeds = params.seeds or [engine.item_seed(params.seed, first + i) for i in range(params.count)]
     labels = broadcast_labels(params.labels, params.count)
     check_labels(labels, model.num_classes)
     size = params.output_size or model.image_size
@@ -99,7 +89,7 @@ def run(job: JobRun) -> Outcome:
         )
         for chunk in chunks:
             chunk = resize_nhwc(chunk, size)
-            for image, png in zip(chunk, encode_pngs(chunk), strict=True):
+            for image, png in zip(chunk, engine.encode_pngs(chunk), strict=True):
                 shard, member = shards.add(first + done, png)
                 label = labels[done] if labels else None
                 manifest.add(
@@ -126,7 +116,7 @@ def run(job: JobRun) -> Outcome:
     finally:
         manifest.close()
     job.outputs.put_file("manifest.json", manifest.path)
-    job.outputs.put_bytes("grid.png", grid_png(np.stack(preview)))
+    job.outputs.put_bytes("grid.png", engine.grid_png(np.stack(preview)))
     return Outcome(
         {
             "count": done,

@@ -8,16 +8,13 @@ import re
 import uuid
 
 import torch
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared import job_state
-from shared.models import TrainedModel
+from shared import job_state, registry
 from shared.specs import TrainParams
 from shared.storage import ObjectNotFound, StorageError
 from worker.datasets import has_test_split, load_dataset
 from worker.engine import api as engine
-from worker.engine.runtime import Canceled
 from worker.progress import json_safe
 from worker.runners.base import JobRun, Outcome
 
@@ -44,7 +41,7 @@ def run(job: JobRun) -> Outcome:
     ctx.checkpoint_every_steps = params.checkpoint_every_steps
     ctx.checkpoint_every_seconds = params.checkpoint_every_seconds
     ctx.max_seconds = params.max_seconds
-    output = engine.train(params.family.value, params.options, data, ctx, holdout=holdout)
+    output = engine.train(params.family.value, params.family_options(), data, ctx, holdout=holdout)
 
     final = job.outputs.put_bytes("model.pt", output.checkpoint)
     grid = job.outputs.put_bytes("grid.png", output.sample_grid_png)
@@ -56,30 +53,23 @@ def run(job: JobRun) -> Outcome:
     name = params.name or f"{params.family.value}-{data.name or params.dataset}"
 
     def record(session: Session) -> None:
-        latest = session.scalar(
-            select(func.max(TrainedModel.version)).where(
-                TrainedModel.tenant_id == job.tenant_id, TrainedModel.name == name
-            )
-        )
-        session.add(
-            TrainedModel(
-                id=model_id,
-                tenant_id=job.tenant_id,
-                family=params.family,
-                name=name,
-                version=(latest or 0) + 1,
-                training_job_id=job.job_id,
-                dataset=params.dataset,
-                image_size=loaded.image_size,
-                channels=loaded.channels,
-                num_classes=loaded.num_classes,
-                class_names=list(loaded.class_names),
-                checkpoint_key=final.key,
-                checkpoint_sha256=final.sha256,
-                sample_grid_key=grid.key,
-                metrics=metrics,
-                config=json_safe(dict(loaded.config)),
-            )
+        registry.add_model(
+            session,
+            id=model_id,
+            tenant_id=job.tenant_id,
+            family=params.family,
+            name=name,
+            training_job_id=job.job_id,
+            dataset=params.dataset,
+            image_size=loaded.image_size,
+            channels=loaded.channels,
+            num_classes=loaded.num_classes,
+            class_names=list(loaded.class_names),
+            checkpoint_key=final.key,
+            checkpoint_sha256=final.sha256,
+            sample_grid_key=grid.key,
+            metrics=metrics,
+            config=json_safe(dict(loaded.config)),
         )
 
     return Outcome({"model_id": str(model_id), "metrics": metrics}, record)
@@ -130,7 +120,7 @@ class CheckpointSaver:
             held = job_state.record_checkpoint(session, job.lease, key)
         if not held:
             _delete_quietly(job, key)  # referenced by nothing: this attempt no longer holds the job
-            raise Canceled(f"attempt {job.lease.attempt} no longer holds job {job.job_id}")
+            raise engine.Canceled(f"attempt {job.lease.attempt} no longer holds job {job.job_id}")
         previous, self.current = self.current, key
         if previous and previous != key:
             _delete_quietly(job, previous)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from shared.specs import CnnOptions, GanOptions
 from worker.engine import api
 from worker.engine.evaluation import summary_line
 from worker.engine.imageset import ImageSet
@@ -30,7 +31,7 @@ def labelled_set(n: int = 64, size: int = 28, seed: int = 0) -> ImageSet:
 @pytest.fixture(scope="module")
 def trained_cnn() -> tuple[api.TrainOutput, ImageSet]:
     data, holdout = labelled_set(), labelled_set(32, seed=1)
-    options = {"width": 8, "batch_size": 16, "epochs": 3, "lr": 0.05}
+    options = CnnOptions(width=8, batch_size=16, epochs=3, lr=0.05)  # parsed: the runners' way
     return api.train("cnn", options, data, RunContext(device=CPU), holdout), holdout
 
 
@@ -55,20 +56,19 @@ def test_dispatch_errors(trained_cnn: tuple[api.TrainOutput, ImageSet]) -> None:
         api.train("rnn", {}, holdout, RunContext(device=CPU))
     with pytest.raises(ConfigError, match=r"^options\.colour: "):
         api.train("cnn", {"colour": True}, holdout, RunContext(device=CPU))
+    with pytest.raises(ConfigError, match=r"^options: GanOptions given for a cnn"):
+        api.train("cnn", GanOptions(), holdout, RunContext(device=CPU))
     with pytest.raises(ConfigError, match="cannot generate"):
         api.generate(model, [1, 2, 3])
     with pytest.raises(ConfigError, match="cannot edit"):
         api.edit(model, api.EditRequest(operation="reconstruct"))
     with pytest.raises(ConfigError, match="checkpoint"):
         api.load(b"not a checkpoint", CPU)
-    with pytest.raises(ConfigError, match="classifier"):
-        api.classifier_function(api.LoadedModel("gan", {}, 28, 1, 0, [], "", None))
     with pytest.raises(ConfigError, match="classes"):
         api.evaluate(model, None, ImageSet(holdout.images, holdout.labels, ["a", "b", "c"]))
 
 
 def tiny_gan(data: ImageSet) -> api.LoadedModel:
-    pytest.importorskip("worker.engine.gan")
     options = {"width": 8, "latent_dim": 8, "batch_size": 8, "max_steps": 2}
     return api.load(api.train("gan", options, data, RunContext(device=CPU)).checkpoint, CPU)
 
@@ -114,7 +114,6 @@ def test_evaluate_generator_reports_metrics_beside_the_real_floor(
 
 
 def test_evaluate_vae_adds_the_negative_elbo(trained_cnn: tuple[api.TrainOutput, ImageSet]) -> None:
-    pytest.importorskip("worker.engine.vae")
     output, holdout = trained_cnn
     options = {"width": 8, "latent_dim": 4, "batch_size": 8, "max_steps": 2, "conditional": False}
     model = api.load(api.train("vae", options, labelled_set(16), RunContext(device=CPU)).checkpoint, CPU)
