@@ -7,9 +7,9 @@ one-cycle schedule (a pure function of the step). Each epoch's data order is a p
 interrupted run resumes exactly. Prediction averages the logits of each image and its mirror image when
 the model was trained with flips.
 
-CPU notes (measured): channels_last is about 18 % faster than NCHW; bf16 autocast (where the CPU has
-native bf16, see runtime.training_autocast) trains 1.8x faster than float32; torch.compile was slower per
-step (and costs tens of seconds to compile), so it is not used.
+On CPU it trains channels_last with bf16 autocast where the CPU has native bf16, and without
+torch.compile: each choice was measured (figures in BENCHMARKS.md, "Model engine", kept current there
+rather than here, where they would go stale).
 """
 
 from __future__ import annotations
@@ -152,9 +152,8 @@ def schedule_step(step: int, total: int, ctx: RunContext) -> int:
 
 def augment_batch(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Random shifts of up to max_shift px (edge pixels repeated) and horizontal flips, per image.
-    images: (B, C, S, S) float; the draws come from `generator` (on the CPU) alone.
-
-    Random erasing on top was measured worse here (93.66 % against 94.04 % in the same 600 s)."""
+    images: (B, C, S, S) float; the draws come from `generator` (on the CPU) alone. No random erasing:
+    it measured worse (BENCHMARKS.md, "Quality")."""
     b, _, h, w = images.shape
     shift = torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator).to(images.device)
     flip = (torch.rand(b, generator=generator) < 0.5).to(images.device)

@@ -3,7 +3,7 @@ feature network of the sample-quality metrics.
 
 Three stages of conv-BN-ReLU with widths (w/2, w | 2w, 2w | 4w, 4w), 2x2 max-pooling between stages, the
 second conv of stages 2 and 3 residual; global average pooling, dropout, a linear head. At w = 32 a 28x28
-image costs about 25 M multiply-adds (channels_last on CPU: about 15 % faster than NCHW, measured).
+image costs about 25 M multiply-adds; it runs channels_last, measured faster on CPU (BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ class Config(option_fields(GanOptions, batch_size=64, lr=2e-4), StepBudget):
     num_classes: int = 0  # classes the model is conditioned on; 0 when unconditional
     class_names: list[str] = field(default_factory=list)
     # Internal: not user options.
-    default_steps: int = 5000  # about 4 minutes at 28x28 on 2 cores (BENCHMARKS.md, "Model engine")
+    default_steps: int = 5000  # a few minutes at 28x28 on 2 CPU cores (BENCHMARKS.md, "Model engine")
     betas: tuple[float, float] = (0.0, 0.9)  # measured better than (0.5, 0.999) here
     class_loss_weight: float = 0.5  # conditional: auxiliary classification loss (see gan_nets)
     upsample: str = "transposed"  # the generator's doubling stages (gan_nets.upsampling_stage)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-try:  # zlib-ng: the same deflate streams, about 4x faster than zlib at level 1 on small images (measured)
+try:  # zlib-ng: the same deflate streams, faster than zlib at level 1 on small images (BENCHMARKS.md)
     from zlib_ng import zlib_ng as deflate
 except ImportError:  # pragma: no cover - a worker without the optional speed-up still works
     deflate = zlib
@@ -115,8 +115,8 @@ def encode_pngs(images_nhwc: np.ndarray, compress_level: int = 1) -> list[bytes]
     """PNG bytes of each image of a uint8 (N, H, W, C) batch, C in {1, 3}.
 
     Written directly (signature, IHDR, one IDAT, IEND) rather than through PIL: bulk generation encodes
-    every image it makes, and for a 28x28 image PIL took 65 us, over half a small GAN's forward pass
-    (8 us now, measured on 2 CPU cores). Every row uses PNG's Sub filter, computed for the whole batch at
+    every image it makes, and PIL took most of a small GAN's forward pass per image (BENCHMARKS.md,
+    "Throughput"). Every row uses PNG's Sub filter, computed for the whole batch at
     once: each byte minus the same channel of the pixel to its left, which compresses smooth images better
     than none."""
     array = np.asarray(images_nhwc)

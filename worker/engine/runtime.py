@@ -68,9 +68,9 @@ BF16_CPU_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 
 
 def training_autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
-    """Mixed precision for training steps: bf16 autocast where the hardware has native bf16 (1.8x the
-    CNN's training throughput on an AVX512-BF16 CPU, measured), float32 elsewhere. Weights, optimiser
-    state, losses and evaluation stay float32, and runs stay deterministic on a given machine."""
+    """Mixed precision for training steps: bf16 autocast where the hardware has native bf16 (measured
+    faster there, BENCHMARKS.md), float32 elsewhere. Weights, optimiser state, losses and evaluation stay
+    float32, and runs stay deterministic on a given machine."""
     on = enabled and native_bf16(device)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 
@@ -79,12 +79,10 @@ def inference_rows(device: torch.device) -> int:
     """Rows per evaluation pass (classifier logits and features, VAE ELBO and encodings).
 
     Small on CPU: larger passes allocate activations big enough that the allocator maps and unmaps them
-    on every pass, and the page faults cost more than the convolutions. Measured on 2 cores, a fresh
-    process per setting: CNN features of 10,000 images in 3.2-3.4 s in passes of 1000, 2.0 s of 256 or
-    128, 1.4 s of 64 (identical features); the VAE's ELBO of 5,000 images in 1.1-1.3 s in
-    passes of 256, 0.62 s of 64. tune_allocator() does not make this moot: blocks above its 32 MiB
-    ceiling are still mapped per pass (CNN features 2.4 s in passes of 1000, 1.2-1.4 s in passes of 64,
-    with it on). On CUDA, large passes keep the device busy."""
+    on every pass, and the page faults cost more than the convolutions (the same results, in about a
+    third of the time at 64 rows: BENCHMARKS.md, "Throughput"). tune_allocator() does not make this moot:
+    blocks above its 32 MiB ceiling are still mapped per pass. On CUDA, large passes keep the device
+    busy."""
     return 1024 if device.type == "cuda" else 64
 
 
@@ -99,10 +97,9 @@ def tune_allocator() -> bool:
 
     glibc serves blocks above a (dynamic) threshold with mmap and returns them on free, so every training
     step and inference pass page-faults its activations in again. Serving blocks up to 32 MiB from the
-    heap and trimming it only above 1 GiB free trained the CNN 6-11 % faster at batch 128 and 1024 and
-    the VAE 18-25 % faster at batch 256, with no change at batch 64 (measured, 2 cores, alternating
-    runs). The cost: a process keeps up to its peak memory. False where the C library is not glibc
-    (nothing changed)."""
+    heap and trimming it only above 1 GiB free trains faster at large batches (BENCHMARKS.md,
+    "Throughput"). The cost: a process keeps up to its peak memory. False where the C library is not
+    glibc (nothing changed)."""
     name = ctypes.util.find_library("c")
     try:
         mallopt = ctypes.CDLL(name).mallopt if name else None

@@ -164,8 +164,8 @@ def latent_statistics(model: VAE, data: ImageSet, config: Config) -> dict[str, A
 
 
 def training_autocast_for(device: torch.device, mixed_precision: bool) -> torch.autocast:
-    """bf16 autocast on CUDA only: on CPU it measured no faster for this VAE at its default batch of 64
-    (21.0 against 21.7 steps/s on 2 AVX512-BF16 cores), so the CPU trains in float32."""
+    """bf16 autocast on CUDA only: on CPU it measured no faster for this VAE (BENCHMARKS.md, "Model
+    engine"), so the CPU trains in float32."""
     return training_autocast(device, mixed_precision and device.type == "cuda")
 
 
