@@ -9,13 +9,10 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from genq.params import CommandError
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]  # the project root: alembic.ini and migrations/
-
-
-class AdminError(RuntimeError):
-    """An admin command was refused; the message says why."""
 
 
 def settings_for(args: argparse.Namespace) -> Settings:
@@ -69,7 +66,7 @@ def cmd_create_tenant(args: argparse.Namespace, out: TextIO) -> int:
         try:
             tenant = create_tenant(session, args.name)
         except TenantError as exc:
-            raise AdminError(str(exc)) from exc
+            raise CommandError(str(exc)) from exc
         session.commit()
         out.write(f"{tenant.id}  {tenant.name}\n")
     return 0
@@ -81,7 +78,7 @@ def cmd_create_key(args: argparse.Namespace, out: TextIO) -> int:
     with _session(settings_for(args)) as session:
         tenant = find_tenant(session, args.tenant)
         if tenant is None:
-            raise AdminError(f"no tenant named or with id {args.tenant!r} (see `genq admin list-tenants`)")
+            raise CommandError(f"no tenant named or with id {args.tenant!r} (see `genq admin list-tenants`)")
         key, plaintext = create_api_key(session, tenant.id, name=args.name or "", admin=args.admin)
         session.commit()
         sys.stderr.write(f"key {key.prefix} for tenant {tenant.name}; it is shown only this once:\n")
@@ -122,9 +119,9 @@ def cmd_revoke_key(args: argparse.Namespace, out: TextIO) -> int:
     with _session(settings_for(args)) as session:
         keys = list(session.scalars(query))
         if not keys:
-            raise AdminError(f"no API key with prefix {prefix!r}")
+            raise CommandError(f"no API key with prefix {prefix!r}")
         if len(keys) > 1:
-            raise AdminError(f"{len(keys)} keys share prefix {prefix!r}; revoke by the full key")
+            raise CommandError(f"{len(keys)} keys share prefix {prefix!r}; revoke by the full key")
         revoked = revoke_api_key(session, keys[0].id)
         session.commit()
         out.write(f"key {prefix}: {'revoked' if revoked else 'was already revoked'}\n")
@@ -140,9 +137,9 @@ def cmd_webhook_secret(args: argparse.Namespace, out: TextIO) -> int:
     with _session(settings_for(args)) as session:
         tenant = find_tenant(session, args.tenant)
         if tenant is None:
-            raise AdminError(f"no tenant named or with id {args.tenant!r} (see `genq admin list-tenants`)")
+            raise CommandError(f"no tenant named or with id {args.tenant!r} (see `genq admin list-tenants`)")
         if tenant.webhook_secret is not None and not args.rotate:
-            raise AdminError(
+            raise CommandError(
                 f"tenant {tenant.name} already has a webhook secret (shown when it was made); "
                 "--rotate replaces it"
             )
@@ -170,7 +167,7 @@ def cmd_gc(args: argparse.Namespace, out: TextIO) -> int:
         with sessions() as session:
             tenant = find_tenant(session, args.tenant)
         if tenant is None:
-            raise AdminError(f"no tenant {args.tenant!r}")
+            raise CommandError(f"no tenant {args.tenant!r}")
         tenant_id = tenant.id
     report = collect_garbage(
         sessions,

@@ -4,13 +4,14 @@ the way (API unreachable, not JSON, a checksum mismatch on download)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import requests
 
@@ -47,9 +48,21 @@ class WaitTimeout(ApiError):
         self.last = last
 
 
-def batch_finished(batch: dict[str, Any]) -> int:
+def batch_finished(batch: Mapping[str, Any]) -> int:
     counts = batch.get("counts") or {}
     return sum(int(counts.get(status) or 0) for status in TERMINAL)
+
+
+def batch_ended(batch: Mapping[str, Any]) -> bool:
+    total = int(batch.get("total") or 0)
+    return bool(total) and batch_finished(batch) >= total
+
+
+# When a followed job or batch has ended.
+ENDED: dict[str, Callable[[Mapping[str, Any]], bool]] = {
+    "job": lambda job: job.get("status") in TERMINAL,
+    "batch": batch_ended,
+}
 
 
 def _error_from_response(response: requests.Response) -> ApiError:
@@ -143,7 +156,7 @@ class GenqClient:
     def _waiting(self, wait: int) -> dict[str, Any]:
         return {"params": {"wait": wait}, "timeout": self.timeout + wait} if wait > 0 else {}
 
-    def get_job_or_batch(self, item_id: str) -> tuple[str, dict[str, Any]]:
+    def get_job_or_batch(self, item_id: str) -> tuple[Literal["job", "batch"], dict[str, Any]]:
         """("job", body) or ("batch", body): `genq status ID` takes either."""
         try:
             return "job", self.get_job(item_id)
@@ -179,93 +192,58 @@ class GenqClient:
 
     # -- following jobs and batches to their end ---------------------------------------------------------
 
-    def wait_job(
-        self,
-        job_id: str,
-        timeout: float | None = None,
-        on_update: Callable[[dict[str, Any]], None] | None = None,
-        interval: float = 1.0,
-    ) -> dict[str, Any]:
-        """The job's view once it has ended (succeeded, failed or canceled). `on_update(view)` sees
-        every change on the way; WaitTimeout after `timeout` seconds."""
-        return self._follow(
-            "job",
-            job_id,
-            self.get_job,
-            lambda job: job.get("status") in TERMINAL,
-            timeout,
-            on_update,
-            interval,
-        )
-
-    def wait_batch(
-        self,
-        batch_id: str,
-        timeout: float | None = None,
-        on_update: Callable[[dict[str, Any]], None] | None = None,
-        interval: float = 1.0,
-    ) -> dict[str, Any]:
-        """The batch's view once every job of it has ended; as `wait_job` otherwise."""
-
-        def ended(batch: dict[str, Any]) -> bool:
-            total = int(batch.get("total") or 0)
-            return bool(total) and batch_finished(batch) >= total
-
-        return self._follow("batch", batch_id, self.get_batch, ended, timeout, on_update, interval)
-
-    def batch_results(self, batch_id: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """Each job of the batch, as a full view with fresh download URLs, as soon as it has ended (in
-        the order they end); returns when every job has."""
-        seen: set[str] = set()
-
-        def newly_ended(_batch: dict[str, Any]) -> None:
-            for listed in self.iter_jobs(batch=batch_id, status=",".join(TERMINAL)):
-                if listed["id"] not in seen:
-                    seen.add(listed["id"])
-                    pending.append(str(listed["id"]))
-
-        pending: list[str] = []
+    def follow(
+        self, what: Literal["job", "batch"], item_id: str, timeout: float | None = None, interval: float = 1.0
+    ) -> Iterator[dict[str, Any]]:
+        """The job's or batch's view now and at each change, the last one once it has ended (a job
+        succeeded, failed or was canceled; a batch once every job of it has). WaitTimeout after
+        `timeout` seconds."""
+        read = self.get_job if what == "job" else self.get_batch
         deadline = time.monotonic() + timeout if timeout else None
-        while True:
-            left = deadline - time.monotonic() if deadline else None
-            batch = self.wait_batch(batch_id, timeout=left, on_update=newly_ended) if not pending else None
-            while pending:
-                yield self.get_job(pending.pop(0))
-            if batch is not None:
-                newly_ended(batch)  # the ones that ended with the last change
-                while pending:
-                    yield self.get_job(pending.pop(0))
-                return
-
-    def _follow(
-        self,
-        what: str,
-        item_id: str,
-        read: Callable[..., dict[str, Any]],
-        ended: Callable[[dict[str, Any]], bool],
-        timeout: float | None,
-        on_update: Callable[[dict[str, Any]], None] | None,
-        interval: float,
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout if timeout else None
-        wait = 0
+        wait = 0  # the first read answers at once; the next ones wait in the API for a change
         while True:
             asked = time.monotonic()
             view = self._riding_out_outages(lambda wait=wait: read(item_id, wait=wait), deadline)
-            if on_update is not None:
-                on_update(view)
-            if ended(view):
-                return view
+            yield view
+            if ENDED[what](view):
+                return
             if deadline and time.monotonic() > deadline:
                 raise WaitTimeout(what, item_id, timeout or 0, view)
-            # The API answers a long poll at each change; `interval` still bounds how often it is asked
-            # (an API without long polls answers at once).
+            # `interval` bounds how often the API is asked (one without long polls answers at once).
             time.sleep(max(0.0, interval - (time.monotonic() - asked)))
             wait = (
                 LONG_POLL_SECONDS
                 if deadline is None
                 else max(0, min(LONG_POLL_SECONDS, int(deadline - time.monotonic())))
             )
+
+    def wait(
+        self,
+        what: Literal["job", "batch"],
+        item_id: str,
+        timeout: float | None = None,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+        interval: float = 1.0,
+    ) -> dict[str, Any]:
+        """The view once it has ended; `on_update(view)` sees every change on the way (as `follow`).
+        `wait_job(job_id, ...)` and `wait_batch(batch_id, ...)` are this with `what` named."""
+        for view in self.follow(what, item_id, timeout, interval):
+            if on_update is not None:
+                on_update(view)
+        return view
+
+    wait_job = functools.partialmethod(wait, "job")
+    wait_batch = functools.partialmethod(wait, "batch")
+
+    def batch_results(self, batch_id: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Each job of the batch, as a full view with fresh download URLs, as soon as it has ended (in
+        the order they end); returns when every job has."""
+        seen: set[str] = set()
+        for _batch in self.follow("batch", batch_id, timeout):
+            for listed in self.iter_jobs(batch=batch_id, status=",".join(TERMINAL)):
+                if listed["id"] not in seen:
+                    seen.add(listed["id"])
+                    yield self.get_job(str(listed["id"]))
 
     @staticmethod
     def _riding_out_outages(fetch: Callable[[], dict[str, Any]], deadline: float | None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path, PurePosixPath
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from genq.client import ApiError, GenqClient, WaitTimeout
 from genq.params import (
@@ -139,7 +139,7 @@ def cmd_submit(args: argparse.Namespace, client: GenqClient, out: TextIO) -> int
         out.write(f"{job['id']}\n")
         out.flush()
     if args.wait:
-        return wait_for_job(client, str(job["id"]), out, json_output=args.json)
+        return wait_for(client, "job", str(job["id"]), out, json_output=args.json)
     return EXIT_OK
 
 
@@ -174,7 +174,7 @@ def cmd_batch(args: argparse.Namespace, client: GenqClient, out: TextIO) -> int:
         out.write(f"{batch['id']}\n")
         out.flush()
     if args.wait:
-        return wait_for_batch(client, str(batch["id"]), out, json_output=args.json)
+        return wait_for(client, "batch", str(batch["id"]), out, json_output=args.json)
     return EXIT_OK
 
 
@@ -211,72 +211,64 @@ def cmd_status(args: argparse.Namespace, client: GenqClient, out: TextIO) -> int
     return EXIT_OK
 
 
-def _exit_code_for(status: str) -> int:
-    return {"succeeded": EXIT_OK, "canceled": EXIT_CANCELED}.get(status, EXIT_FAILED)
-
-
-def wait_for_job(
-    client: GenqClient,
-    job_id: str,
-    out: TextIO,
-    timeout: float | None = None,
-    interval: float = 1.0,
-    json_output: bool = False,
-    bar: ProgressBar | None = None,
-) -> int:
-    """Follow a job to its end with a progress bar; the exit code says how it ended."""
-    bar = bar or ProgressBar()
-    try:
-        job = client.wait_job(job_id, timeout, lambda view: bar.update(job_line(view)), interval)
-    except WaitTimeout as exc:
-        bar.close()
-        sys.stderr.write(f"genq: job {job_id} still {exc.last.get('status')} after {timeout:g}s\n")
-        return EXIT_TIMEOUT
-    bar.close()
+def job_outcome(job: dict[str, Any]) -> tuple[int, str]:
+    """(exit code, what to tell) for a job that has ended."""
     status = str(job["status"])
-    if json_output:
-        print_json(job, out)
-    if status != "succeeded":
-        error = job.get("error") or {}
-        detail = f": {error.get('code')}: {error.get('message')}" if error else ""
-        sys.stderr.write(f"genq: job {job_id} {status}{detail}\n")
-    return _exit_code_for(status)
+    error = job.get("error") or {}
+    detail = f": {error.get('code')}: {error.get('message')}" if error else ""
+    code = {"succeeded": EXIT_OK, "canceled": EXIT_CANCELED}.get(status, EXIT_FAILED)
+    return code, "" if code == EXIT_OK else f" {status}{detail}"
 
 
-def wait_for_batch(
+def batch_outcome(batch: dict[str, Any]) -> tuple[int, str]:
+    """(exit code, what to tell) for a batch whose jobs have all ended: 1 if any failed, else 3 if any
+    was canceled."""
+    counts = batch.get("counts") or {}
+    for status, code in (("failed", EXIT_FAILED), ("canceled", EXIT_CANCELED)):
+        if counts.get(status):
+            return code, f": {counts[status]} of {batch.get('total')} jobs {status}"
+    return EXIT_OK, ""
+
+
+def wait_for(
     client: GenqClient,
-    batch_id: str,
+    what: Literal["job", "batch"],
+    item_id: str,
     out: TextIO,
     timeout: float | None = None,
     interval: float = 1.0,
     json_output: bool = False,
     bar: ProgressBar | None = None,
 ) -> int:
-    """Follow a batch until every job ended; non-zero when any failed (1) or was canceled (3)."""
+    """Follow a job or batch to its end with a progress bar; the exit code says how it ended (4: still
+    going after `timeout` seconds)."""
     bar = bar or ProgressBar()
+    show = bar.show_job if what == "job" else bar.show_batch
     try:
-        batch = client.wait_batch(batch_id, timeout, lambda view: bar.update(batch_line(view)), interval)
-    except WaitTimeout:
-        bar.close()
-        sys.stderr.write(f"genq: batch {batch_id} not finished after {timeout:g}s\n")
+        view = client.wait(what, item_id, timeout, show, interval)
+    except WaitTimeout as exc:
+        sys.stderr.write(f"genq: {exc.message}\n")
         return EXIT_TIMEOUT
-    bar.close()
+    finally:
+        bar.close()
     if json_output:
-        print_json(batch, out)
-    counts, total = batch.get("counts") or {}, batch.get("total")
-    if counts.get("failed"):
-        sys.stderr.write(f"genq: batch {batch_id}: {counts['failed']} of {total} jobs failed\n")
-        return EXIT_FAILED
-    if counts.get("canceled"):
-        sys.stderr.write(f"genq: batch {batch_id}: {counts['canceled']} of {total} jobs canceled\n")
-        return EXIT_CANCELED
-    return EXIT_OK
+        print_json(view, out)
+    code, told = (job_outcome if what == "job" else batch_outcome)(view)
+    if told:
+        sys.stderr.write(f"genq: {what} {item_id}{told}\n")
+    return code
+
+
+def wait_for_job(client: GenqClient, job_id: str, out: TextIO, **options: Any) -> int:
+    """`wait_for` a job."""
+    return wait_for(client, "job", job_id, out, **options)
 
 
 def cmd_wait(args: argparse.Namespace, client: GenqClient, out: TextIO) -> int:
     what, _ = client.get_job_or_batch(args.id)
-    wait = wait_for_job if what == "job" else wait_for_batch
-    return wait(client, args.id, out, timeout=args.timeout, interval=args.interval, json_output=args.json)
+    return wait_for(
+        client, what, args.id, out, timeout=args.timeout, interval=args.interval, json_output=args.json
+    )
 
 
 def cmd_cancel(args: argparse.Namespace, client: GenqClient, out: TextIO) -> int:

@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from genq.client import ApiError, GenqClient
-from genq.commands import EXIT_OK, download_job, scalar_metrics, wait_for_batch, wait_for_job
+from genq.commands import EXIT_OK, download_job, scalar_metrics, wait_for
 from genq.detached import start_detached, stop_running
-from genq.embedded import EmbeddedConfig, EmbeddedError
+from genq.embedded import EmbeddedConfig
+from genq.params import CommandError
 from genq.progress import format_duration
 from genq.state import resolve_connection
 
 NUM_CLASSES = 10  # Fashion-MNIST
-# Width 32 on 2 idle cores with bf16 training: 4,452 steps in the default 240 s on one host, the full 5,000
-# in 212 s on a faster one (measured 2026-11-25; about half in float32 or on a busy machine), enough for
-# recognisable clothes of every class.
+# Small enough that the default budget trains it to recognisable clothes of every class on two CPU cores
+# (the steps it reaches: BENCHMARKS.md, "The demo's GAN").
 DEMO_GAN_OPTIONS = {"conditional": True, "latent_dim": 64, "width": 32, "batch_size": 64}
 
 
@@ -96,7 +96,7 @@ def run_demo(args: argparse.Namespace, client: GenqClient, out: TextIO) -> int:
         },
     )
     out.write(f"      job {train['id']}\n")
-    code = wait_for_job(client, str(train["id"]), out)
+    code = wait_for(client, "job", str(train["id"]), out)
     if code != EXIT_OK:
         return code
     train_job = client.get_job(str(train["id"]))
@@ -113,7 +113,7 @@ def run_demo(args: argparse.Namespace, client: GenqClient, out: TextIO) -> int:
         }
     )
     out.write(f"      batch {batch['id']}\n")
-    code = wait_for_batch(client, str(batch["id"]), out)
+    code = wait_for(client, "batch", str(batch["id"]), out)
     if code != EXIT_OK:
         return code
 
@@ -157,7 +157,7 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         out.flush()
         try:
             process = start_detached(config)
-        except EmbeddedError as exc:
+        except CommandError as exc:
             sys.stderr.write(f"genq demo: {exc}\n")
             return 1
         connection = resolve_connection(None, None, data_dir)

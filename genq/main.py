@@ -1,7 +1,8 @@
 """`genq`: run the embedded system, submit and follow jobs, download results, administer tenants.
 
 Client commands find the API from --api-url / GENQ_API_URL / the embedded system's state file, and the key
-from --api-key / GENQ_API_KEY / the key file `genq up` saves. Light on purpose: no torch, no worker code.
+from --api-key / GENQ_API_KEY / the key file `genq up` saves. They need only the base install (requests,
+tqdm); the commands that run genq's server code import it when they run, after checking their extras.
 """
 
 from __future__ import annotations
@@ -11,9 +12,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from genq import extras
 from genq.client import ApiError, GenqClient
-from genq.params import UsageError
+from genq.params import CommandError, UsageError
 from genq.state import default_data_dir, resolve_connection
+
+# The extras each command that runs genq's server code needs beyond the base (client) install.
+SERVER_EXTRAS = {
+    "up": ("api", "worker"),
+    "demo": ("api", "worker"),
+    "admin": ("server",),
+    "migrate": ("server",),
+}
 
 EXAMPLES = """examples:
   genq up --workers 2
@@ -231,8 +241,20 @@ def _embedded_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     )
 
 
+def require_extras(command: str) -> None:
+    """A server command on an install without its extras stops here, naming what to pip install."""
+    needed = SERVER_EXTRAS.get(command, ())
+    absent = extras.missing(needed)
+    if absent:
+        raise CommandError(
+            f"`genq {command}` runs genq's server code: pip install 'genq[{','.join(needed)}]' "
+            f"(not installed: {', '.join(absent)})"
+        )
+
+
 def run_command(args: argparse.Namespace) -> int:
     out = sys.stdout
+    require_extras(args.command)
     if args.command == "up":
         from genq.embedded import EmbeddedSystem
 
@@ -292,17 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApiError as exc:
         sys.stderr.write(f"genq: error: {exc}\n")
         return 1
+    except CommandError as exc:
+        sys.stderr.write(f"genq: {exc}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("genq: interrupted\n")
         return 130
-    except Exception as exc:
-        from genq.admin import AdminError
-        from genq.embedded import EmbeddedError
-
-        if isinstance(exc, AdminError | EmbeddedError):
-            sys.stderr.write(f"genq: {exc}\n")
-            return 1
-        raise
     return 0  # pragma: no cover - parser.error exits
 
 

@@ -1,4 +1,5 @@
-"""Turning command-line flags into job params: `--params JSON|@file`, `--option key=value`, id ranges.
+"""Turning command-line flags into job params: `--params JSON|@file`, `--option key=value`, id ranges;
+and the two errors a command reports in one line instead of a traceback.
 
 The API validates everything (with the same schemas the worker uses); these helpers only build the JSON
 and say clearly which flag was malformed.
@@ -13,6 +14,11 @@ from typing import Any
 
 class UsageError(ValueError):
     """A malformed flag value; the message names the flag."""
+
+
+class CommandError(RuntimeError):
+    """A command was refused or cannot go on (no such tenant, a port in use, a missing extra); the
+    message says why and what to do."""
 
 
 def load_json_arg(value: str, flag: str) -> Any:

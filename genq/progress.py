@@ -1,38 +1,25 @@
-"""A terminal progress bar for jobs and batches.
-
-On a terminal the bar redraws one line in place; in a log (not a TTY) it prints a new line only when the
-text changed and at most every `log_interval` seconds, so `genq wait` in CI stays readable.
+"""What `genq` shows about a job or a batch: a one-line summary (`genq status`, `genq jobs`), and tqdm's
+bar under it while a command waits. The bar is drawn in place on a terminal and not at all when the
+output is not one (a log, a pipe), where only the command's result lines are written.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import sys
-import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 from genq.client import batch_finished
 
-BAR_WIDTH = 28
+BAR_FORMAT = "|{bar:28}| {desc}  [{elapsed}]"
 
 
 def format_duration(seconds: float | None) -> str:
-    """`75` -> `1m15s`; `3725` -> `1h02m`; None or negative -> `?`."""
-    if seconds is None or seconds < 0:
-        return "?"
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def format_bar(fraction: float, width: int = BAR_WIDTH) -> str:
-    fraction = min(max(fraction, 0.0), 1.0)
-    filled = int(fraction * width)
-    return "[" + "#" * filled + "." * (width - filled) + "]"
+    """`75` -> `01:15`, `3725` -> `1:02:05` (tqdm's format); None or negative -> `?`."""
+    return "?" if seconds is None or seconds < 0 else tqdm.format_interval(seconds)
 
 
 def time_budget(job: Mapping[str, Any], now: dt.datetime | None = None) -> tuple[float, float] | None:
@@ -68,7 +55,7 @@ def job_fraction(job: Mapping[str, Any]) -> float:
     elif isinstance(step, int | float) and isinstance(total, int | float) and total > 0:
         fraction = step / total
     budget = time_budget(job)
-    return max(fraction, budget[0]) if budget else fraction
+    return min(1.0, max(fraction, budget[0] if budget else 0.0))
 
 
 def job_eta(job: Mapping[str, Any]) -> float | None:
@@ -80,10 +67,9 @@ def job_eta(job: Mapping[str, Any]) -> float | None:
 
 
 def job_line(job: Mapping[str, Any]) -> str:
-    """`running  train 1200/5000  24.0%  eta 3m10s`, or the queue position while queued."""
+    """`running    train  1200/5000   24.0%  eta 03:10`, or the queue position while queued."""
     status = str(job.get("status", "?"))
-    fraction = job_fraction(job)
-    parts = [format_bar(fraction), f"{status:<9}"]
+    parts = [f"{status:<9}"]
     if status == "queued" and job.get("queue_position") is not None:
         parts.append(f"position {job['queue_position']}")
         return "  ".join(parts)
@@ -92,64 +78,53 @@ def job_line(job: Mapping[str, Any]) -> str:
         parts.append(str(progress["phase"]))
     if progress.get("step") is not None and progress.get("total"):
         parts.append(f"{progress['step']}/{progress['total']}")
-    parts.append(f"{fraction * 100:5.1f}%")
+    parts.append(f"{job_fraction(job) * 100:5.1f}%")
     eta = job_eta(job)
     if status == "running" and eta is not None:
         parts.append(f"eta {format_duration(eta)}")
     return "  ".join(parts)
 
 
-def batch_counts(batch: Mapping[str, Any]) -> dict[str, int]:
+def batch_total(batch: Mapping[str, Any]) -> int:
     counts = batch.get("counts") or {}
-    return {str(k): int(v) for k, v in counts.items() if isinstance(v, int | float)}
+    return int(batch.get("total") or sum(int(v) for v in counts.values() if isinstance(v, int | float)))
 
 
 def batch_line(batch: Mapping[str, Any]) -> str:
-    """`[####....]  412/1000 done  succeeded 410  failed 2  running 2  queued 586`."""
-    counts = batch_counts(batch)
-    total = int(batch.get("total") or sum(counts.values()) or 0)
-    done = batch_finished(batch)
-    fraction = done / total if total else 0.0
-    parts = [format_bar(fraction), f"{done}/{total} done"]
-    for status in ("succeeded", "failed", "canceled", "canceling", "running", "queued"):
-        if counts.get(status):
-            parts.append(f"{status} {counts[status]}")
+    """`412/1000 done  succeeded 410  failed 2  running 2  queued 586`."""
+    counts = batch.get("counts") or {}
+    parts = [f"{batch_finished(batch)}/{batch_total(batch)} done"]
+    parts += [
+        f"{status} {counts[status]}"
+        for status in ("succeeded", "failed", "canceled", "canceling", "running", "queued")
+        if counts.get(status)
+    ]
     return "  ".join(parts)
 
 
 class ProgressBar:
-    """One status line, redrawn in place on a terminal, throttled in logs."""
+    """tqdm's bar for one job or batch, its summary line beside it; silent when `stream` is no terminal."""
 
-    def __init__(self, stream: TextIO | None = None, log_interval: float = 10.0) -> None:
+    def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
-        self.is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.log_interval = log_interval
-        self._last_text = ""
-        self._logged_text = ""
-        self._last_logged = float("-inf")
-        self._width = 0
+        self._bar: tqdm | None = None
 
-    def update(self, text: str) -> None:
-        if self.is_tty:
-            padding = " " * max(0, self._width - len(text))
-            self.stream.write("\r" + text + padding)
-            self._width = len(text)
-            self.stream.flush()
-        elif text != self._last_text and time.monotonic() - self._last_logged >= self.log_interval:
-            self.stream.write(text + "\n")
-            self.stream.flush()
-            self._logged_text = text
-            self._last_logged = time.monotonic()
-        self._last_text = text
+    def show_job(self, job: Mapping[str, Any]) -> None:
+        self._show(job_fraction(job) * 100, 100, job_line(job))
 
-    def close(self, text: str | None = None) -> None:
+    def show_batch(self, batch: Mapping[str, Any]) -> None:
+        self._show(batch_finished(batch), batch_total(batch), batch_line(batch))
+
+    def _show(self, done: float, total: float, text: str) -> None:
+        if self._bar is None:
+            # disable=None: tqdm draws only when the stream is a terminal.
+            self._bar = tqdm(total=total, file=self.stream, bar_format=BAR_FORMAT, disable=None)
+        self._bar.total = total
+        self._bar.n = done
+        self._bar.set_description_str(text)  # redraws
+
+    def close(self) -> None:
         """Leave the final state on its own line."""
-        final = text if text is not None else self._last_text
-        if self.is_tty:
-            self.update(final)
-            self.stream.write("\n")
-        elif final and final != self._logged_text:
-            self.stream.write(final + "\n")
-            self._logged_text = final
-        self.stream.flush()
-        self._width = 0
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

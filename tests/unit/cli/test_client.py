@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 
 from genq.client import ApiError, GenqClient
-from genq.commands import download_any, wait_for_batch, wait_for_job
+from genq.commands import download_any, wait_for
 from genq.main import main
 from genq.progress import ProgressBar
 from shared.models import Artifact, Job, JobStatus, utcnow
 from shared.storage import LocalStore, job_key
 from tests.conftest import free_port
 from tests.unit.cli.conftest import LiveApi
+from tests.unit.cli.test_progress import FakeTerminal
 
 TRAIN = ["submit", "train", "--family", "cnn", "--dataset", "digits", "--max-steps", "10"]
 
@@ -131,18 +132,16 @@ def test_wait_reports_failure_and_cancel_with_exit_codes(live_api: LiveApi) -> N
     canceled = client.submit_job("train", {"family": "cnn", "dataset": "digits"})["id"]
     set_status(live_api, failed, JobStatus.failed, error_code="engine_error", error_message="out of memory")
     client.cancel_job(canceled)
-    stream = io.StringIO()
-    assert wait_for_job(client, failed, io.StringIO(), bar=ProgressBar(stream)) == 1
+    stream = FakeTerminal()
+    assert wait_for(client, "job", failed, io.StringIO(), bar=ProgressBar(stream)) == 1
     assert "failed" in stream.getvalue()
-    assert wait_for_job(client, canceled, io.StringIO(), bar=ProgressBar(io.StringIO())) == 3
+    assert wait_for(client, "job", canceled, io.StringIO(), bar=ProgressBar(io.StringIO())) == 3
 
 
 def test_wait_times_out(live_api: LiveApi) -> None:
     client = client_for(live_api)
     job_id = client.submit_job("train", {"family": "cnn", "dataset": "digits"})["id"]
-    code = wait_for_job(
-        client, job_id, io.StringIO(), timeout=0.3, interval=0.1, bar=ProgressBar(io.StringIO())
-    )
+    code = wait_for(client, "job", job_id, io.StringIO(), timeout=0.3, interval=0.1)
     assert code == 4
 
 
@@ -183,10 +182,8 @@ def test_wait_for_batch_counts(live_api: LiveApi, monkeypatch: pytest.MonkeyPatc
         return next(batches)
 
     monkeypatch.setattr(client, "get_batch", get_batch)
-    stream = io.StringIO()
-    assert (
-        wait_for_batch(client, "b", io.StringIO(), interval=0, bar=ProgressBar(stream, log_interval=0)) == 1
-    )
+    stream = FakeTerminal()
+    assert wait_for(client, "batch", "b", io.StringIO(), interval=0, bar=ProgressBar(stream)) == 1
     assert "3/3 done" in stream.getvalue()
     assert waits == [0, 20, 20]  # the first read answers at once; the next ones wait in the API for a change
 

@@ -1,11 +1,9 @@
 """The pieces of `genq up` that need no servers: its environment, its commands, supervised children,
-ports, the files it keeps, and the import boundary (the CLI never loads torch or the worker)."""
+ports, the files it keeps (its import boundary: test_client_install.py)."""
 
 from __future__ import annotations
 
-import json
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +13,6 @@ import pytest
 from genq.embedded import EmbeddedConfig, api_command, embedded_environment
 from genq.processes import MAX_RESTARTS_IN_WINDOW, Child, port_is_free
 from genq.state import pid_alive, signing_secret
-from tests.conftest import ROOT
 
 
 def test_environment_points_children_at_the_embedded_services(
@@ -79,16 +76,3 @@ def test_port_is_free() -> None:
         port = sock.getsockname()[1]
         assert not port_is_free("127.0.0.1", port)
     assert port_is_free("127.0.0.1", port)
-
-
-def test_the_cli_never_imports_torch_or_the_worker() -> None:
-    code = (
-        "import sys; import genq.main, genq.commands, genq.embedded, genq.demo, genq.admin;"
-        "import genq.detached, genq.client;"
-        "print([m for m in sys.modules if m in ('torch', 'worker') or m.startswith(('torch.', 'worker.'))])"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().replace("'", '"')) == []

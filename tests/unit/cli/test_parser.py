@@ -132,19 +132,3 @@ def test_key_prefix() -> None:
     assert key_prefix("gq_1a2b3c4d_secretpart") == "1a2b3c4d"
     assert key_prefix("gq_1a2b3c4d") == "1a2b3c4d"
     assert key_prefix("1a2b3c4d") == "1a2b3c4d"
-
-
-def test_the_command_line_imports_neither_flask_nor_torch_nor_the_services() -> None:
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    modules = "genq.main, genq.client, genq.commands, genq.admin, genq.embedded, genq.demo"
-    services = "('flask', 'torch', 'api', 'worker')"
-    code = f"import sys, {modules}; print(sorted(m for m in {services} if m in sys.modules))"
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"

@@ -1,11 +1,12 @@
-"""The progress bar: lines for jobs and batches, redraw on a terminal, throttled lines in a log."""
+"""What genq shows about jobs and batches: the summary lines, and tqdm's bar, drawn on a terminal and
+silent elsewhere."""
 
 from __future__ import annotations
 
 import datetime as dt
 import io
 
-from genq.progress import ProgressBar, batch_line, format_bar, format_duration, job_line, time_budget
+from genq.progress import ProgressBar, batch_line, format_duration, job_line, time_budget
 
 
 class FakeTerminal(io.StringIO):
@@ -13,18 +14,15 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-def test_durations_and_bar() -> None:
+def test_durations() -> None:
     assert [format_duration(s) for s in (None, -1, 0, 59.4, 75, 3725)] == [
         "?",
         "?",
-        "0s",
-        "59s",
-        "1m15s",
-        "1h02m",
+        "00:00",
+        "00:59",
+        "01:15",
+        "1:02:05",
     ]
-    assert format_bar(0.5, width=10) == "[#####.....]"
-    assert format_bar(7.0, width=4) == "[####]"
-    assert format_bar(-1, width=4) == "[....]"
 
 
 def test_job_lines() -> None:
@@ -34,11 +32,11 @@ def test_job_lines() -> None:
     }
     line = job_line(running)
     assert "running" in line and "train" in line and "1200/5000" in line and "24.0%" in line
-    assert "eta 3m10s" in line
+    assert "eta 03:10" in line
     assert "position 3" in job_line({"status": "queued", "queue_position": 3, "progress": None})
     # No percent from the server: step/total; a finished job is full whatever its last progress said.
     assert "50.0%" in job_line({"status": "running", "progress": {"step": 5, "total": 10}})
-    assert job_line({"status": "succeeded", "progress": {"step": 9, "total": 10}}).startswith("[" + "#" * 28)
+    assert "100.0%" in job_line({"status": "succeeded", "progress": {"step": 9, "total": 10}})
 
 
 def test_batch_line() -> None:
@@ -48,31 +46,36 @@ def test_batch_line() -> None:
     assert "0/0 done" in batch_line({"counts": {}})
 
 
-def test_terminal_redraws_one_line() -> None:
+def test_a_terminal_gets_one_line_redrawn_in_place() -> None:
     stream = FakeTerminal()
     bar = ProgressBar(stream)
-    bar.update("a long first line")
-    bar.update("short")
+    bar.show_job({"status": "running", "progress": {"phase": "train", "step": 1, "total": 4}})
+    bar.show_job({"status": "running", "progress": {"phase": "train", "step": 2, "total": 4}})
+    bar.show_job({"status": "succeeded", "progress": {"phase": "train", "step": 4, "total": 4}})
     bar.close()
     text = stream.getvalue()
-    assert text.count("\n") == 1 and text.endswith("\n")
-    # The shorter line is padded so nothing of the longer one is left on screen.
-    assert "\rshort" + " " * len(" first line") in text
+    assert text.count("\n") == 1 and text.endswith("\n") and "\r" in text
+    final = text.rsplit("\r", 1)[1]
+    assert "succeeded" in final and "100.0%" in final and "#" * 28 in final
 
 
-def test_log_output_is_throttled_and_ends_with_the_final_state() -> None:
+def test_a_batch_bar_counts_ended_jobs() -> None:
+    stream = FakeTerminal()
+    bar = ProgressBar(stream)
+    bar.show_batch({"total": 0, "counts": {}})  # a batch read before its jobs are counted
+    bar.show_batch({"total": 4, "counts": {"succeeded": 1, "failed": 1, "running": 2}})
+    bar.close()
+    final = stream.getvalue().rsplit("\r", 1)[1]
+    assert "2/4 done" in final and "#" * 14 in final and "#" * 15 not in final
+
+
+def test_nothing_is_drawn_when_the_output_is_no_terminal() -> None:
     stream = io.StringIO()
-    bar = ProgressBar(stream, log_interval=3600)
+    bar = ProgressBar(stream)
     for step in range(100):
-        bar.update(f"step {step}")
+        bar.show_job({"status": "running", "progress": {"step": step, "total": 100}})
     bar.close()
-    assert stream.getvalue().splitlines() == ["step 0", "step 99"]
-    unchanged = io.StringIO()
-    bar = ProgressBar(unchanged, log_interval=0)
-    bar.update("same")
-    bar.update("same")
-    bar.close()
-    assert unchanged.getvalue().splitlines() == ["same"]
+    assert stream.getvalue() == ""
 
 
 def test_a_time_budget_drives_the_bar_when_it_runs_out_first() -> None:
@@ -87,6 +90,6 @@ def test_a_time_budget_drives_the_bar_when_it_runs_out_first() -> None:
     assert 0.74 < fraction < 0.8 and 25 < left < 31
     line = job_line(job)
     assert "300/3000" in line and " 7" in line.split("%")[0][-5:]  # ~75%, not 10%
-    assert "eta 2" in line or "eta 3" in line  # ~30s left, not 13 minutes
+    assert "eta 00:2" in line or "eta 00:3" in line  # ~30s left, not 13 minutes
     assert time_budget({**job, "status": "succeeded"}) is None
     assert time_budget({**job, "params": {}}) is None
