@@ -149,15 +149,3 @@ def _evaluate_classifier(model: LoadedModel, real: ImageSet) -> dict[str, Any]:
         model.module, ImageSet(images, real.labels, real.class_names), model.class_names
     )
     return {"family": "cnn", **report}
-
-
-def summary_line(result: dict[str, Any]) -> str:
-    """One human-readable line: model metrics with the real-vs-real floor beside them."""
-    if result.get("family") == "cnn":
-        return f"accuracy {result['test_accuracy']:.4f} on {result['num_evaluated']} images"
-    floor = result["real_floor"]
-    parts = [
-        f"{name} {result[key]:.4g} (floor {floor[key]:.4g})"
-        for name, key in (("FD", "fd"), ("KID", "kid_mean"), ("precision", "precision"), ("recall", "recall"))
-    ]
-    return ", ".join(parts) + f"; {result['num_samples']} samples"

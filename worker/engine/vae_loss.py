@@ -61,22 +61,10 @@ def discretised_logistic_log_probs(
     )
 
 
-def discretised_logistic_nll(
-    images: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor
-) -> torch.Tensor:
-    """(B, C, H, W) 8-bit images in [-1, 1], means, log-scales (broadcastable) -> (B,) nats."""
-    return -discretised_logistic_log_probs(images, mean, log_scale).flatten(1).sum(dim=1)
-
-
 def bernoulli_log_probs(images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """Per-value log-likelihoods of [0, 1] intensities under logits (minus binary cross-entropy)."""
     targets = (images + 1.0) * 0.5
     return -F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-
-
-def bernoulli_nll(images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of [0, 1] intensities under per-pixel logits: (B,) nats."""
-    return -bernoulli_log_probs(images, logits).flatten(1).sum(dim=1)
 
 
 def gaussian_log_probs(images: torch.Tensor, mean: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
@@ -84,11 +72,6 @@ def gaussian_log_probs(images: torch.Tensor, mean: torch.Tensor, log_sigma: torc
     log_sigma = log_sigma.clamp(min=MIN_LOG_SIGMA)
     standardised = (images - mean) * torch.exp(-log_sigma)
     return -(0.5 * standardised.pow(2) + log_sigma + 0.5 * math.log(2 * math.pi) + LOG_BIN_SCALE)
-
-
-def gaussian_nll(images: torch.Tensor, mean: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
-    """(B,) nats (see gaussian_log_probs)."""
-    return -gaussian_log_probs(images, mean, log_sigma).flatten(1).sum(dim=1)
 
 
 def value_log_probs(

@@ -15,11 +15,10 @@ from worker.engine.latents import SAMPLE_BLOCK
 from worker.engine.mixture_prior import MixturePrior, fit_mixture
 from worker.engine.runtime import Canceled, ConfigError, RunContext, unpack_checkpoint
 from worker.engine.vae_loss import (
-    bernoulli_nll,
     discretised_logistic_log_probs,
     gaussian_kl,
-    gaussian_nll,
     kl_beta,
+    reconstruction_nll,
     reparameterise,
 )
 from worker.engine.vae_nets import VAE
@@ -90,13 +89,13 @@ def test_bernoulli_matches_binary_cross_entropy() -> None:
             for i in range(3)
         ]
     )
-    assert torch.allclose(bernoulli_nll(images, logits), expected, atol=1e-4)
+    assert torch.allclose(reconstruction_nll("bernoulli", images, logits, {}), expected, atol=1e-4)
 
 
 def test_gaussian_is_the_normal_density_on_the_8bit_scale() -> None:
     images, mean, log_sigma = torch.full((1, 1, 2, 2), 0.5), torch.zeros(1, 1, 2, 2), torch.tensor(-1.0)
     density = torch.distributions.Normal(0.0, math.exp(-1.0)).log_prob(torch.tensor(0.5)).item()
-    assert gaussian_nll(images, mean, log_sigma).item() == pytest.approx(
+    assert reconstruction_nll("gaussian", images, mean, {"log_sigma": log_sigma}).item() == pytest.approx(
         -4 * (density - math.log(127.5)), rel=1e-5
     )
 
