@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from shared.specs import IMAGE_SIZES
+
 MAX_IMAGES = 200_000
 MAX_DECODED_BYTES = 2 * 1024**3  # all images decoded at their own size and channels
 MAX_IMAGE_PIXELS = 4096 * 4096  # one image; PIL would warn about decompression bombs above ~89 M
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
-TRAINING_SIZES = (28, 32, 64)
 
 
 class DatasetError(ValueError):
@@ -69,7 +70,7 @@ class ZipLayout:
 
 
 def default_size(max_side: int) -> int:
-    return next((size for size in TRAINING_SIZES[:-1] if max_side <= size), TRAINING_SIZES[-1])
+    return next((size for size in IMAGE_SIZES[:-1] if max_side <= size), IMAGE_SIZES[-1])
 
 
 def _skipped(name: str) -> bool:

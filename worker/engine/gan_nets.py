@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-SIZES = (28, 32, 64)
+from shared.specs import IMAGE_SIZES
 
 
 def base_size(image_size: int) -> int:
     """Side of the generator's first feature map: 7 for 28, 8 for 32 and 64 (64 adds a stage)."""
-    if image_size not in SIZES:
-        raise ValueError(f"image size must be one of {SIZES}, got {image_size}")
+    if image_size not in IMAGE_SIZES:
+        raise ValueError(f"image size must be one of {IMAGE_SIZES}, got {image_size}")
     return image_size // 8 if image_size == 64 else image_size // 4
 
 

@@ -14,7 +14,8 @@ import math
 import torch
 from torch import nn
 
-SIZES = (28, 32, 64)
+from shared.specs import IMAGE_SIZES
+
 EMBED_DIM = 32  # label embedding width of conditional models
 LOGVAR_RANGE = (-12.0, 8.0)  # posterior log-variances kept where exp() and its gradient stay finite
 
@@ -25,8 +26,8 @@ def norm(channels: int) -> nn.GroupNorm:
 
 def level_channels(width: int, size: int) -> list[int]:
     """Channels per resolution level, full size first: 28/32 -> 3 levels, 64 -> 4."""
-    if size not in SIZES:
-        raise ValueError(f"image size must be one of {SIZES}")
+    if size not in IMAGE_SIZES:
+        raise ValueError(f"image size must be one of {IMAGE_SIZES}")
     channels = [max(width // 2, 8), width, 2 * width]
     return [max(width // 4, 8), *channels] if size == 64 else channels
 
