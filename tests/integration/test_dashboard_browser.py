@@ -1,11 +1,18 @@
 """The dashboard in a real browser: Debian's chromium driven by Playwright, against gunicorn, a real worker,
 Postgres, Redis and moto's S3. Signs in with an API key, watches a job submitted through the HTTP API
-move, cancels another from its page, downloads an artifact, and saves the screenshots the README shows
-(docs/dashboard-*.png)."""
+move, cancels another from its page, downloads an artifact, and takes a screenshot of each page it
+checks (a PNG the browser could render).
+
+The screenshots go to the test's temporary directory, so a run leaves the tree as it was. To renew the
+ones the README shows (docs/dashboard-*.png), run it with GENQ_UPDATE_SCREENSHOTS=1:
+
+    GENQ_UPDATE_SCREENSHOTS=1 .venv/bin/pytest tests/integration/test_dashboard_browser.py
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 import uuid
@@ -28,6 +35,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(360)]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DOCS = ROOT / "docs"
+UPDATE_SCREENSHOTS = os.environ.get("GENQ_UPDATE_SCREENSHOTS") == "1"
 # A time budget ends training (then evaluation, the model and its pictures): the bar follows the clock.
 WATCHED = {
     "family": "cnn", "dataset": "digits", "max_seconds": 30, "options": {"max_steps": 1_000_000, "width": 8},
@@ -75,6 +83,13 @@ def read(server: ApiServer, tenant: Tenant, job_id: str) -> dict[str, Any]:
     return response.json()
 
 
+def screenshot(page: Any, directory: Path, name: str, full_page: bool = False) -> None:
+    """Save the page as `directory/name`; the image is a real, non-trivial PNG."""
+    directory.mkdir(parents=True, exist_ok=True)
+    image = page.screenshot(path=str(directory / name), full_page=full_page)
+    assert image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) > 10_000, name
+
+
 def sign_in(context: Any, server: ApiServer, key: str) -> Any:
     page = context.new_page()
     page.goto(f"{server.url}/")
@@ -92,6 +107,7 @@ def test_dashboard_in_chromium(
     tenant = make_tenant(session, f"dashboard-{uuid.uuid4().hex[:8]}")
     other = make_tenant(session, f"dashboard-other-{uuid.uuid4().hex[:8]}")
     workers = Workers(worker_env, tmp_path / "worker-logs")
+    screenshots = DOCS if UPDATE_SCREENSHOTS else tmp_path / "screenshots"
     try:
         workers.start()
         context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 860})
@@ -124,8 +140,7 @@ def test_dashboard_in_chromium(
         queued_row = page.locator(f'tr[data-job="{behind}"]')
         assert queued_row.get_attribute("data-status") == "queued"
         assert "next" in queued_row.inner_text()  # its queue position
-        DOCS.mkdir(exist_ok=True)
-        page.screenshot(path=str(DOCS / "dashboard-jobs.png"))
+        screenshot(page, screenshots, "dashboard-jobs.png")
 
         # Cancel the queued job from its page (a form with the session's CSRF token).
         page.goto(f"{server.url}/jobs/{behind}")
@@ -143,7 +158,7 @@ def test_dashboard_in_chromium(
         for name in ("grid.png", "loss_curve.png"):
             image = page.locator(f'img[alt="{name}"]')
             assert image.evaluate("img => img.complete && img.naturalWidth > 0"), name
-        page.screenshot(path=str(DOCS / "dashboard-job.png"), full_page=True)
+        screenshot(page, screenshots, "dashboard-job.png", full_page=True)
 
         # Download an artifact through its link: the bytes are the ones the API lists.
         artifacts = {a["name"]: a for a in read(server, tenant, watched)["artifacts"]}
@@ -156,7 +171,7 @@ def test_dashboard_in_chromium(
         model = page.locator("article.model").first
         assert model.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
         assert "test_accuracy" in model.inner_text()
-        page.screenshot(path=str(DOCS / "dashboard-models.png"), full_page=True)
+        screenshot(page, screenshots, "dashboard-models.png", full_page=True)
 
         # Another tenant's session sees none of it.
         stranger = sign_in(browser.new_context(), server, other.key)
