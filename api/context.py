@@ -1,4 +1,5 @@
-"""What every request needs, made once at startup: settings, sessions, the object store, the publisher.
+"""What every request needs, made once at startup: settings, sessions, the object store, the scheduler's
+wake.
 
 One SQL session per request (opened on first use, closed at teardown); transactions stay short.
 """
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.download_urls import DownloadUrls
 from api.key_cache import KeyCache
-from api.publisher import Publisher
+from api.submission import Wake
 from api.waiting import ChangeWaiters
 from shared.job_events import ChangeNotifier
 from shared.settings import Settings
@@ -26,7 +27,7 @@ class ApiContext:
     sessions: sessionmaker[Session]
     store: S3Store | LocalStore
     celery: Celery
-    publisher: Publisher
+    wake: Wake  # tells the scheduler a queue has new work
     keys: KeyCache
     urls: DownloadUrls  # what views mint download URLs with
     waiters: ChangeWaiters  # requests waiting for a job or batch to change (?wait=N)

@@ -125,7 +125,11 @@ def register_error_handlers(app: Flask) -> None:
         message = exc.description or exc.name
         if status == 413:
             message = "request body too large"
-        response = error_response(status, code, message)
+        details = None
+        if status == 429:  # Flask-Limiter: the limit is the description; its Retry-After header is added
+            code, message = "rate_limited", f"rate limit exceeded for this API key ({exc.description})"
+            details = [{"field": "Authorization", "message": message}]
+        response = error_response(status, code, message, details)
         allowed = getattr(exc, "valid_methods", None)
         if status == 405 and allowed:
             response.headers["Allow"] = ", ".join(allowed)

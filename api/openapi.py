@@ -115,6 +115,8 @@ ROUTES: tuple[Operation, ...] = (
         *PAGING), errors=LIST),
     Operation("post", "/v1/webhooks/deliveries/{delivery_id}/resend", "Send a delivery again (same id)",
               s.WebhookDeliveryView, 202, errors=READ),
+    Operation("get", "/v1/usage", "Your queued and running jobs, worker time today, and your limits",
+              s.UsageView, errors=(401,)),
     Operation("get", "/metrics", "Prometheus metrics: send the operator token (GENQ_METRICS_TOKEN)",
               {"text/plain": {"schema": {"type": "string"}}}, errors=(401, 403, 404)),
 )  # fmt: skip
@@ -160,7 +162,8 @@ def _operation(op: Operation) -> dict[str, Any]:
         meaning = {200: "idempotent replay: the existing resource", 503: "not ready"}.get(status, "")
         responses[str(status)] = {"description": meaning, "content": content}
     error = {"application/json": {"schema": _ref(s.ErrorResponse)}}
-    for status in sorted({*op.errors, 405, 500}):
+    # Every authenticated request counts against its key's rate limit; submits also against quotas.
+    for status in sorted({*op.errors, 405, 500, *((429,) if op.auth else ())}):
         responses[str(status)] = {"description": HTTP_CODES.get(status, "internal_error"), "content": error}
     operation: dict[str, Any] = {
         "summary": op.summary,

@@ -5,13 +5,15 @@ from __future__ import annotations
 import uuid
 from typing import TypeVar
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Select, and_, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.base import ExecutableOption
 
+from api.context import api
 from api.errors import not_found
 from api.validation import parse_id
-from shared.models import Batch, Dataset, Job, JobStatus, TrainedModel
+from shared.models import DISPATCHED, HELD, Batch, Dataset, Job, JobStatus, TrainedModel
+from shared.scheduling import QueueSummary, Standing, band_start, read_summary, standing
 
 Row = TypeVar("Row", Job, Batch, TrainedModel, Dataset)
 NAMES: dict[type, tuple[str, str]] = {
@@ -36,17 +38,43 @@ def get_owned(
     return row
 
 
-def queue_position(session: Session, job: Job) -> int | None:
-    """How many queued jobs in the same queue run before this one (higher priority, or same priority and
-    older); None unless the job is queued. Served by ix_jobs_queue_order."""
+POSITION_COUNT_CAP = 1000  # counted exactly up to here; estimated from sequence numbers beyond
+
+
+def _count(session: Session, query: Select) -> int:
+    return session.scalar(select(func.count()).select_from(query.limit(POSITION_COUNT_CAP).subquery())) or 0
+
+
+def _own_ahead(session: Session, job: Job) -> int:
+    """The tenant's own held jobs in this queue ordered before `job` (ix_jobs_held range reads).
+
+    Up to POSITION_COUNT_CAP they are counted; past it, the jobs of the same priority between the
+    tenant's first held one and this one are estimated by their sequence numbers, which over-counts by
+    the jobs of that span that were canceled or went to the other queue."""
+    lane = and_(HELD, Job.queue == job.queue, Job.tenant_id == job.tenant_id)
+    key = job.order_key or 0
+    counted = _count(session, select(Job.id).where(lane, Job.order_key < key))
+    if counted < POSITION_COUNT_CAP:
+        return counted
+    band = band_start(job.priority)
+    first = session.scalar(select(func.min(Job.order_key)).where(lane, Job.order_key >= band)) or key
+    return _count(session, select(Job.id).where(lane, Job.order_key < band)) + (key - first)
+
+
+def job_standing(session: Session, job: Job, summary: QueueSummary | None) -> Standing | None:
+    """Where a queued job stands (position, ETA, what it waits for); None unless the job is queued."""
     if job.status != JobStatus.queued:
         return None
-    ahead = or_(
-        Job.priority > job.priority,
-        and_(
-            Job.priority == job.priority,
-            or_(Job.created_at < job.created_at, and_(Job.created_at == job.created_at, Job.id < job.id)),
-        ),
-    )
-    query = select(func.count()).where(Job.status == JobStatus.queued, Job.queue == job.queue, ahead)
-    return session.scalar(query) or 0
+    if job.published_at is not None:  # its message is out: behind the messages sent before it
+        sent_before = select(Job.id).where(
+            DISPATCHED, Job.queue == job.queue, Job.published_at < job.published_at
+        )
+        return standing(summary, job.tenant_id, str(job.kind), 0, _count(session, sent_before))
+    return standing(summary, job.tenant_id, str(job.kind), _own_ahead(session, job), None)
+
+
+def standing_of(session: Session, job: Job) -> Standing | None:
+    """`job_standing` with the scheduler's latest summary of the job's queue (one Redis read)."""
+    if job.status != JobStatus.queued:
+        return None
+    return job_standing(session, job, read_summary(api().notifier.client, job.queue))

@@ -65,7 +65,15 @@ class JobSummary(BaseModel):
 
 class JobView(JobSummary):
     params: dict[str, Any] = Field(description="the validated params, defaults filled in")
-    queue_position: int | None = Field(description="queued jobs ahead of this one in its queue")
+    queue_position: int | None = Field(
+        description="queued: jobs expected to start before this one (fair-share order; see README)"
+    )
+    queue_eta_seconds: float | None = Field(
+        description="queued: estimated seconds until it starts, from recent jobs of its kind"
+    )
+    waiting_for: Literal["worker", "max_running_jobs", "gpu_seconds_per_day"] | None = Field(
+        description="queued: a free worker, or the tenant's own quota that holds it back"
+    )
     result: dict[str, Any] | None
     metrics: dict[str, Any]
     artifacts: list[ArtifactView]
@@ -180,3 +188,23 @@ class WebhookDeliveryView(BaseModel):
 class WebhookDeliveryList(BaseModel):
     deliveries: list[WebhookDeliveryView]
     next_cursor: str | None
+
+
+class Limits(BaseModel):
+    weight: float = Field(description="share of worker time relative to other tenants (default 1)")
+    max_queued_jobs: int | None = Field(description="submits past this get 429; null: no limit")
+    max_running_jobs: int | None = Field(description="jobs running (or sent to a worker) at once")
+    gpu_seconds_per_day: float | None = Field(description="worker seconds per UTC day; then jobs wait")
+    rate_limit: str | None = Field(description="requests per API key, e.g. 20/second; null: the default")
+
+
+class UsageView(BaseModel):
+    tenant_id: str
+    queued: int
+    running: int
+    gpu_seconds_today: float = Field(description="worker seconds of attempts that ended today (UTC)")
+    day_resets_in_seconds: int
+    limits: Limits
+    waiting_for: Literal["max_running_jobs", "gpu_seconds_per_day"] | None = Field(
+        description="the quota now holding your queued jobs back, if any"
+    )

@@ -1,11 +1,11 @@
-"""Submitting jobs and batches: validate -> write (marked published) -> commit -> publish.
+"""Submitting jobs and batches: validate -> check the tenant's queued quota -> write -> commit -> wake
+the scheduler.
 
-Everything is validated (params and references) before anything is written, and the rows are committed
-before any message is sent, so a worker never sees a job that is not in SQL and a failed request never
-leaves a half-written one. Rows are written already marked published, in the one commit of the
-request: a message that then fails to go out has its mark cleared (published_at NULL) and the sweeper
-publishes the job later; a process that dies between the commit and the send leaves a marked job with
-no message, which the sweeper's broker comparison finds within its publish grace.
+Everything is validated (params and references) before anything is written, and a request over the
+tenant's `max_queued_jobs` writes nothing (429). New jobs are held in SQL (`published_at` NULL): the
+API sends no job message; the scheduler (worker/scheduler.py), woken after the commit, dispatches them
+in their turn. Each job gets its place in its tenant's order (`order_key`) from a per-tenant sequence
+taken in the same transaction.
 """
 
 from __future__ import annotations
@@ -13,21 +13,20 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from api.errors import ApiError, field_error
-from api.publisher import JobMessage, Publisher
 from api.references import check_references
 from api.validation import parse
 from shared.models import Batch, Job, JobStatus, Tenant, utcnow
 from shared.queue import queue_for
+from shared.scheduling import order_key
 from shared.settings import Settings
 from shared.specs import (
     FAMILY_OPTIONS,
@@ -38,10 +37,12 @@ from shared.specs import (
     JobSubmission,
     Spec,
 )
+from shared.usage import QuotaExceeded, check_queued_quota, reserve_seqs
 from shared.webhooks import WebhookUrlError, check_url, parse_events
 
-PUBLISHED_UPDATE_CHUNK = 1000
 log = logging.getLogger("genq.api")
+Wake = Callable[[Iterable[str]], None]  # tells the scheduler that these queues have new work
+QUEUE_FULL_RETRY_AFTER_SECONDS = 30  # a full queue drains at the workers' pace: check back in a while
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,9 @@ def _prepare(submission: JobSubmission, prefix: str, priority: int) -> tuple[Pre
     return PreparedJob(submission.kind, params.model_dump(mode="json"), priority), params
 
 
-def _row(job: PreparedJob, tenant_id: uuid.UUID, settings: Settings, now: dt.datetime, **extra: Any) -> dict:
+def _row(
+    job: PreparedJob, tenant_id: uuid.UUID, seq: int, settings: Settings, now: dt.datetime, **extra: Any
+) -> dict:
     return {
         "id": uuid.uuid4(),
         "tenant_id": tenant_id,
@@ -80,7 +83,7 @@ def _row(job: PreparedJob, tenant_id: uuid.UUID, settings: Settings, now: dt.dat
         "attempts": 0,
         "created_at": now,
         "updated_at": now,
-        "published_at": now,
+        "order_key": order_key(job.priority, seq),
         **extra,
     }
 
@@ -107,23 +110,23 @@ def _conflict() -> ApiError:
     return ApiError(409, "idempotency_conflict", message, [{"field": "Idempotency-Key", "message": message}])
 
 
-def _unmark_unsent(session: Session, ids: Sequence[str]) -> None:
-    """Clear the publish mark of jobs whose message did not go out, so the sweeper publishes them
-    without waiting for its broker comparison. Touches nothing else (a sent job may already run).
-
-    A failure here is logged, not returned: the marks stay and the sweeper finds the jobs missing from
-    the broker after its publish grace."""
-    unsent = (
-        update(Job).where(Job.status == JobStatus.queued).values(published_at=None, updated_at=Job.updated_at)
-    )
+def _reserve(session: Session, tenant_id: uuid.UUID, count: int) -> int:
+    """The first of `count` sequence numbers for the tenant's new jobs, once its queued quota allows
+    them; 429 naming the quota otherwise (the caller has written nothing yet)."""
+    first = reserve_seqs(session, tenant_id, count)
     try:
-        for start in range(0, len(ids), PUBLISHED_UPDATE_CHUNK):
-            chunk = [uuid.UUID(i) for i in ids[start : start + PUBLISHED_UPDATE_CHUNK]]
-            session.execute(unsent.where(Job.id.in_(chunk)))
-        session.commit()
-    except SQLAlchemyError as exc:
+        check_queued_quota(session, tenant_id, count, QUEUE_FULL_RETRY_AFTER_SECONDS)
+    except QuotaExceeded as exc:
         session.rollback()
-        log.warning("could not clear the publish mark of %d unsent jobs: %s", len(ids), exc)
+        message = f"{exc}: this request adds {count}; wait for queued jobs to finish, or cancel some"
+        raise ApiError(
+            429,
+            "quota_exceeded",
+            message,
+            [{"field": exc.quota, "message": message}],
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from None
+    return first
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -143,7 +146,7 @@ def submit_job(
     body: dict[str, Any],
     key: str | None,
     settings: Settings,
-    publisher: Publisher,
+    wake: Wake,
 ) -> tuple[Job, bool]:
     """The job for this request and whether it was created now (False: an idempotent replay)."""
     submission = parse(JobSubmission, body)
@@ -152,7 +155,8 @@ def submit_job(
         return existing, False
     check_references(session, tenant_id, [("params", prepared.kind, params)])
     webhook = _webhook(session, tenant_id, submission, settings)
-    row = _row(prepared, tenant_id, settings, utcnow(), idempotency_key=key, **webhook)
+    seq = _reserve(session, tenant_id, 1)
+    row = _row(prepared, tenant_id, seq, settings, utcnow(), idempotency_key=key, **webhook)
     job = Job(**row)
     session.add(job)
     try:
@@ -163,9 +167,7 @@ def submit_job(
         if existing is None:
             raise
         return existing, False
-    if not publisher([JobMessage(str(job.id), job.kind, job.priority)]):
-        _unmark_unsent(session, [str(job.id)])
-        set_committed_value(job, "published_at", None)
+    wake([job.queue])
     return job, True
 
 
@@ -209,7 +211,7 @@ def submit_batch(
     body: dict[str, Any],
     key: str | None,
     settings: Settings,
-    publisher: Publisher,
+    wake: Wake,
 ) -> tuple[Batch, list[str], bool]:
     """The batch, its job ids in item order, and whether it was created now."""
     submission = parse(BatchSubmission, body)
@@ -218,6 +220,7 @@ def submit_batch(
         return (*existing, False)
     check_references(session, tenant_id, refs)
     webhook = _webhook(session, tenant_id, submission, settings)
+    first = _reserve(session, tenant_id, len(prepared))
     now = utcnow()
     batch = Batch(
         id=uuid.uuid4(), tenant_id=tenant_id, total=len(prepared), idempotency_key=key, created_at=now,
@@ -225,7 +228,7 @@ def submit_batch(
     )  # fmt: skip
     # Item i is created i microseconds after the first: listings and the queue keep the batch's order.
     rows = [
-        _row(job, tenant_id, settings, now + dt.timedelta(microseconds=i), batch_id=batch.id)
+        _row(job, tenant_id, first + i, settings, now + dt.timedelta(microseconds=i), batch_id=batch.id)
         for i, job in enumerate(prepared)
     ]
     session.add(batch)
@@ -239,8 +242,5 @@ def submit_batch(
         if existing is None:
             raise
         return (*existing, False)
-    messages = [JobMessage(str(row["id"]), row["kind"], row["priority"]) for row in rows]
-    sent = publisher(messages)
-    if len(sent) < len(messages):
-        _unmark_unsent(session, [m.job_id for m in messages[len(sent) :]])
-    return batch, [m.job_id for m in messages], True
+    wake({row["queue"] for row in rows})
+    return batch, [str(row["id"]) for row in rows], True

@@ -11,6 +11,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from shared.models import Artifact, Batch, Dataset, Job, JobStatus, TrainedModel, utcnow
+from shared.scheduling import Standing
 from shared.specs import JobKind
 from shared.storage import ObjectStore
 from shared.webhooks import batch_data
@@ -114,12 +115,16 @@ def job_summary(job: Job) -> dict[str, Any]:
     }
 
 
-def job_view(job: Job, store: ObjectStore, queue_position: int | None) -> dict[str, Any]:
+def job_view(job: Job, store: ObjectStore, standing: Standing | None) -> dict[str, Any]:
+    """The full job; `standing` (queued jobs only) gives its queue position, the estimated seconds until
+    it starts, and what it waits for."""
     result = job.result or {}
     return {
         **job_summary(job),
         "params": job.params,
-        "queue_position": queue_position,
+        "queue_position": standing.position if standing else None,
+        "queue_eta_seconds": standing.eta_seconds if standing else None,
+        "waiting_for": standing.waiting_for if standing else None,
         "result": job.result,
         "metrics": result.get("metrics") or {},
         "artifacts": [artifact_view(a, store) for a in job.artifacts],

@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select, true, update
+from sqlalchemy import ColumnElement, and_, select, true, update
 from sqlalchemy.orm import Session
 
-from shared.models import Batch, Job, JobStatus, utcnow
+from shared.models import DISPATCHED, HELD, Batch, Job, JobStatus, utcnow
 from shared.specs import JobKind
+from shared.usage import record_worker_time
 from shared.webhooks import emits
 
 ACTIVE_STATUSES = (JobStatus.running, JobStatus.canceling)
@@ -157,7 +158,17 @@ def _finish(session: Session, lease: Lease, status: JobStatus, **values: Any) ->
         .where(_held(lease))
         .values(status=status, lease_expires_at=None, finished_at=now, updated_at=now, **values)
     )
-    return _changed(session, statement)
+    return _ended(session, statement, now)
+
+
+def _ended(session: Session, statement: Any, now: dt.datetime) -> bool:
+    """Run an UPDATE that ends an attempt; when it matched, charge the attempt's worker time."""
+    row = session.execute(statement.returning(Job.tenant_id, Job.started_at)).first()
+    if row is None:
+        return False
+    if row.started_at is not None:
+        record_worker_time(session, row.tenant_id, (now - row.started_at).total_seconds(), now)
+    return True
 
 
 def finish_succeeded(session: Session, lease: Lease, result: dict[str, Any]) -> bool:
@@ -175,19 +186,20 @@ def finish_canceled(session: Session, lease: Lease) -> bool:
 
 def release_for_retry(session: Session, lease: Lease, max_attempts: int) -> JobStatus | None:
     """An infrastructure fault interrupted this attempt: running -> queued again, as the sweeper does for
-    an expired lease (attempts kept: the next claim counts the next one; published_at cleared: the sweeper
-    publishes it after its grace, which is the retry's backoff). A job already asked to cancel goes
+    an expired lease (attempts kept: the next claim counts the next one; published_at cleared: it is held
+    again and the scheduler dispatches it in its turn). A job already asked to cancel goes
     canceled instead. None when this attempt no longer holds the job or has used the last attempt (the
     caller then fails it, fenced as ever)."""
     now = utcnow()
-    if _changed(
+    if _ended(
         session,
         update(Job)
         .where(_held(lease), Job.status == JobStatus.canceling)
         .values(status=JobStatus.canceled, lease_expires_at=None, finished_at=now, updated_at=now),
+        now,
     ):
         return JobStatus.canceled
-    requeued = _changed(
+    requeued = _ended(
         session,
         update(Job)
         .where(_held(lease), Job.status == JobStatus.running, Job.attempts < max_attempts)
@@ -198,6 +210,7 @@ def release_for_retry(session: Session, lease: Lease, max_attempts: int) -> JobS
             published_at=None,
             updated_at=now,
         ),
+        now,
     )
     return JobStatus.queued if requeued else None
 
@@ -268,29 +281,18 @@ def requeue_expired(
 def find_lost_queued(
     session: Session,
     republish_after_seconds: float,
-    unpublished_grace_seconds: float,
     queues: Sequence[str] | None = None,
     limit: int = 1000,
     now: dt.datetime | None = None,
 ) -> list[PublishTarget]:
-    """Queued jobs that may have no message behind them: published longer ago than
-    `republish_after_seconds`, or never published and untouched for `unpublished_grace_seconds` (the API
-    commits the row before it publishes). Oldest first. The caller checks the broker before republishing;
-    a caller that can see every message the broker holds passes a short `republish_after_seconds`."""
+    """Dispatched jobs that may have lost their message: sent longer ago than `republish_after_seconds`
+    and still not started. Oldest first. The caller checks the broker before holding them again."""
     now = now or utcnow()
     stale = now - dt.timedelta(seconds=republish_after_seconds)
-    grace = now - dt.timedelta(seconds=unpublished_grace_seconds)
     rows = session.execute(
         select(Job.id, Job.kind, Job.priority, Job.published_at)
-        .where(
-            Job.status == JobStatus.queued,
-            _in_queues(queues),
-            or_(
-                Job.published_at < stale,
-                and_(Job.published_at.is_(None), Job.updated_at < grace),
-            ),
-        )
-        .order_by(Job.created_at)
+        .where(DISPATCHED, _in_queues(queues), Job.published_at < stale)
+        .order_by(Job.published_at)
         .limit(limit)
     ).all()
     return [PublishTarget(row.id, row.kind, row.priority, row.published_at) for row in rows]
@@ -301,21 +303,20 @@ def _in_queues(queues: Sequence[str] | None) -> ColumnElement[bool]:
     return Job.queue.in_(list(queues)) if queues is not None else true()
 
 
-def mark_published(session: Session, job_ids: list[uuid.UUID], when: dt.datetime | None = None) -> int:
-    """Record that queued jobs were (re)published; jobs that left `queued` meanwhile are left alone."""
+def mark_dispatched(
+    session: Session, job_ids: list[uuid.UUID], when: dt.datetime | None = None
+) -> list[uuid.UUID]:
+    """Mark held jobs as sent; returns those marked (a job no longer held is left alone)."""
     if not job_ids:
-        return 0
+        return []
     result = session.execute(
-        update(Job)
-        .where(Job.id.in_(job_ids), Job.status == JobStatus.queued)
-        .values(published_at=when or utcnow())
-        .returning(Job.id)
+        update(Job).where(Job.id.in_(job_ids), HELD).values(published_at=when or utcnow()).returning(Job.id)
     )
-    return len(result.all())
+    return [row.id for row in result]
 
 
 def clear_published(session: Session, job_ids: list[uuid.UUID]) -> None:
-    """Undo `mark_published` for queued jobs whose message could not be sent after all."""
+    """Hold queued jobs again: their message could not be sent, or the broker lost it."""
     if job_ids:
         session.execute(
             update(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.queued).values(published_at=None)

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Date,
     DateTime,
     Enum,
     Float,
@@ -110,6 +111,18 @@ class Tenant(Base):
     webhook_secret: Mapped[str | None] = mapped_column(String(100))
     webhook_secret_previous: Mapped[str | None] = mapped_column(String(100))
     webhook_secret_rotated_at: Mapped[dt.datetime | None]
+    # Scheduling (shared/scheduling.py): the tenant's weight in the fair share of worker time, and its
+    # limits (None: unlimited). `rate_limit` is a Flask-Limiter string ("20/second;600/minute").
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default=text("1.0"))
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_running_jobs: Mapped[int | None] = mapped_column(Integer)
+    gpu_seconds_per_day: Mapped[float | None] = mapped_column(Float)
+    rate_limit: Mapped[str | None] = mapped_column(String(100))
+    # Recent worker time, decayed with the fair-share half-life as of `share_at` (updated per finished job).
+    share_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    share_at: Mapped[dt.datetime | None]
+    # The last job sequence number given out: a job's `seq` orders it among the tenant's own work.
+    last_job_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
 
 class ApiKey(Base):
@@ -143,6 +156,12 @@ class Batch(Base):
     __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key", name="uq_batches_tenant_idempotency"),)
 
 
+# A queued job is either held in SQL (no message yet) or dispatched (its message is in the broker). The
+# same text in the indexes' WHERE and in the queries lets both databases use the partial indexes.
+HELD = text("status = 'queued' AND published_at IS NULL")
+DISPATCHED = text("status = 'queued' AND published_at IS NOT NULL")
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
@@ -168,11 +187,15 @@ class Job(Base):
     batch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # When its message was sent (the scheduler dispatched it): a queued job without one is held in SQL.
     published_at: Mapped[dt.datetime | None]
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
     webhook_events: Mapped[str | None] = mapped_column(String(64))  # comma-separated: "started,completed"
+    # Its place among its tenant's queued jobs: higher priority first, then submission order
+    # (shared/scheduling.py: order_key). The scheduler dispatches each tenant's held jobs in this order.
+    order_key: Mapped[int | None] = mapped_column(BigInteger)
 
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="job", order_by="Artifact.name", cascade="all, delete-orphan"
@@ -181,7 +204,13 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
-        Index("ix_jobs_queue_order", "status", "queue", "priority", "created_at"),
+        # The scheduler's reads: held jobs per tenant in dispatch order, and the messages out (the window).
+        Index("ix_jobs_held", "queue", "tenant_id", "order_key", postgresql_where=HELD, sqlite_where=HELD),
+        Index(
+            "ix_jobs_dispatched", "queue", "tenant_id", postgresql_where=DISPATCHED, sqlite_where=DISPATCHED
+        ),
+        Index("ix_jobs_tenant_status", "tenant_id", "status"),
+        Index("ix_jobs_kind_finished", "kind", "finished_at"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_batch_status", "batch_id", "status"),
         # The webhook dispatcher looks for recently finished jobs whose completed event is missing.
@@ -239,6 +268,19 @@ class Dataset(Base):
     channels: Mapped[int] = mapped_column(Integer)
     class_names: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class TenantUsage(Base):
+    """Worker time a tenant used per UTC day: the daily GPU-seconds quota and `GET /v1/usage` read it."""
+
+    __tablename__ = "tenant_usage"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    worker_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    jobs: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Artifact(Base):

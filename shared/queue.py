@@ -1,6 +1,7 @@
 """The Celery transport both sides share: task names, queues, and the broker settings.
 
-The API only publishes, by task name, so it never imports the worker (or torch). Task id = job id.
+Job messages are sent by task name (worker/dispatch.py, for the scheduler), so nothing that sends one
+imports the engine (or torch). Task id = job id.
 """
 
 from __future__ import annotations
@@ -57,14 +58,3 @@ def make_celery(settings: Settings, name: str = "genq") -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
-
-
-def publish_job(app: Celery, job_id: str, kind: JobKind, priority: int, settings: Settings) -> None:
-    """Send a job's id by task name; the worker re-reads everything else from its SQL row."""
-    app.send_task(
-        TASK_NAMES[kind],
-        args=[job_id],
-        task_id=job_id,
-        queue=queue_for(kind, settings),
-        priority=celery_priority(priority),
-    )

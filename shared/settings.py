@@ -77,6 +77,21 @@ class Settings(BaseSettings):
     # How often a worker pings its database; it stops consuming while the pings fail.
     database_check_seconds: float = Field(2.0, gt=0)
 
+    # Scheduling (worker/scheduler.py): queued jobs wait in SQL; one scheduler (a Redis lock held for
+    # scheduler_lease_seconds, renewed) sends each queue only as many messages as its live workers can
+    # start now, plus dispatch_ahead_per_worker each (more keeps workers busier between jobs; fewer lets a
+    # newcomer's job overtake a waiting backlog sooner). It is woken on every submit and finish, and
+    # also runs every scheduler_tick_seconds. Tenants share worker time by weight; past usage decays with
+    # fair_share_half_life_seconds.
+    scheduler_lease_seconds: float = Field(10.0, gt=0)
+    scheduler_tick_seconds: float = Field(1.0, gt=0)
+    dispatch_ahead_per_worker: int = Field(0, ge=0, le=100)
+    fair_share_half_life_seconds: float = Field(3600.0, gt=0)
+    # HTTP request limits per API key (Flask-Limiter syntax); a tenant's own `rate_limit` replaces it.
+    # Counted in the broker's Redis unless rate_limit_storage_url says otherwise ("memory://": per process).
+    rate_limit: str = "50/second;1500/minute"
+    rate_limit_storage_url: str | None = None
+
     # Webhooks: deliveries run on their own queue (a light worker, `python -m worker.webhooks`), retried
     # with exponential backoff (base, doubling, capped at max_interval) for retry_window seconds.
     # Targets must be https and resolve to public addresses unless these allow more (embedded mode does).

@@ -13,7 +13,9 @@ Why these settings:
 - prefetch multiplier 1 + late acks: a worker holds only the message it is running, acknowledged when the
   job returns, so queued work waits in Redis for whichever GPU frees up first, and a worker that dies
   mid-job leaves its message unacknowledged. The SQL row is the truth either way: the sweeper requeues
-  a job whose lease expired and republishes queued jobs with no message in the broker.
+  a job whose lease expired and holds again a dispatched job whose message the broker lost.
+- the scheduler (worker.scheduler) runs in every worker's main process; one of them, holding a lock,
+  sends the messages: only as many as the live workers can start, chosen by priority and fair share.
 - a worker whose database does not answer hands each message back (`worker.tasks`) and stops consuming
   until a ping succeeds again (`ConsumerGateStep`, `worker.consumer_gate`).
 """
@@ -79,6 +81,29 @@ class SweeperStep(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(SweeperStep)
+
+
+class SchedulerStep(bootsteps.StartStopStep):
+    """The scheduler thread, in the worker's main process: announces the queues this worker consumes, and
+    dispatches held jobs while it holds the scheduler lock (worker.scheduler)."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.scheduler: Any = None
+
+    def start(self, parent: Any) -> None:
+        from worker.scheduler import SchedulerThread
+
+        queues = sorted(parent.app.amqp.queues.consume_from)
+        self.scheduler = SchedulerThread(settings, app, worker_name=parent.hostname, queues=queues).start()
+
+    def stop(self, parent: Any) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+            self.scheduler = None
+
+
+app.steps["worker"].add(SchedulerStep)
 
 GATE_PING_TIMEOUT_SECONDS = 10.0  # a ping still unanswered after this long counts as failed
 

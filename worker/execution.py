@@ -24,6 +24,7 @@ from shared.job_events import ChangeNotifier
 from shared.job_state import Lease
 from shared.logging import bind_log_context
 from shared.models import Job, JobStatus
+from shared.scheduling import wake
 from shared.settings import Settings, get_settings
 from shared.storage import ObjectStore, make_store, probe_store
 from worker.engine.runtime import Canceled, RunContext, pick_device
@@ -100,6 +101,7 @@ def execute(job_id: str, run: Runner, hostname: str | None = None) -> None:
     progress.flush()
     _finish(sessions, lease, ending)
     changed()
+    wake(_notifier_for(settings).client, [job.queue])  # a slot is free: the scheduler fills it now
 
 
 class _Ending:
@@ -251,12 +253,17 @@ def _progress_sink(
 _notifier: tuple[str, ChangeNotifier] | None = None
 
 
-def _change_notice(settings: Settings, job: Job) -> Callable[[], None]:
-    """Tells waiting clients that the job (and its batch) changed; one Redis client per process."""
+def _notifier_for(settings: Settings) -> ChangeNotifier:
+    """One Redis client per process for change notices and scheduler wakes."""
     global _notifier
     if _notifier is None or _notifier[0] != settings.broker_url:
         _notifier = (settings.broker_url, ChangeNotifier(settings.broker_url))
-    notifier, ids = _notifier[1], (job.id, job.batch_id)
+    return _notifier[1]
+
+
+def _change_notice(settings: Settings, job: Job) -> Callable[[], None]:
+    """Tells waiting clients that the job (and its batch) changed."""
+    notifier, ids = _notifier_for(settings), (job.id, job.batch_id)
     return lambda: notifier.changed(ids)
 
 

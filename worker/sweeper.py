@@ -1,16 +1,18 @@
-"""The sweeper: settles jobs whose worker died and republishes queued jobs with no message behind them.
+"""The sweeper: settles jobs whose worker died and finds dispatched jobs whose message the broker lost.
 
 Runs as a thread in every worker's main process (see `worker.celery_app`), or alone:
 `python -m worker.sweeper [--once]`. Every change it makes is a compare-and-set UPDATE, so any number of
-sweepers may run; the worst a race does is publish a job twice, and a second delivery is a no-op. To
-save work, the sweeper threads take turns through a short Redis lock: one sweep per interval in all.
+sweepers may run. It never publishes: a requeued job, or one whose message is lost, is held again
+(`published_at` NULL) and the scheduler is woken to dispatch it in its turn. To save work, the sweeper
+threads take turns through a short Redis lock: one sweep per interval in all.
 Only a sweeper whose database answers takes the turn, and one whose sweep fails gives it back, so a
 worker cut off from the database never keeps the healthy ones from sweeping.
 
-A lost message is found by looking: a queued job whose message left more than `publish_grace_seconds`
-ago, and which is neither waiting in the broker's lists nor held (reserved, unacknowledged) by a worker,
-has none, and is published again within a sweep or two of a broker losing its data. A message a worker
-holds but never turns into a claim (its worker hung) is published again after `requeue_after_seconds`.
+A lost message is found by looking: a dispatched job whose message left more than
+`publish_grace_seconds` ago, and which is neither waiting in the broker's lists nor held (reserved,
+unacknowledged) by a worker, has none, and is held again within a sweep or two of a broker losing its
+data. A message a worker holds but never turns into a claim (its worker hung) is given up after
+`requeue_after_seconds`.
 No engine (torch) imports here.
 """
 
@@ -35,7 +37,8 @@ from shared import job_state
 from shared.db import ping_database, session_factory
 from shared.job_state import PublishTarget
 from shared.models import utcnow
-from shared.queue import make_celery, publish_job
+from shared.queue import make_celery
+from shared.scheduling import wake
 from shared.settings import Settings, get_settings
 from shared.storage import probe_store
 from shared.storage_gc import collect_garbage
@@ -44,7 +47,7 @@ from worker.metrics import swept
 log = logging.getLogger(__name__)
 
 SCAN_PAGE = 500  # messages read per LRANGE / HSCAN
-MAX_REPUBLISH = 1000  # lost jobs handled per sweep
+MAX_REPUBLISH = 1000  # dispatched jobs checked for a lost message per sweep
 GC_JOBS_PER_SWEEP = 200  # finished jobs whose storage one sweep tidies
 GC_STORAGE_TIMEOUT_SECONDS = 3.0
 
@@ -161,14 +164,19 @@ class Sweep:
     def once(self) -> SweepReport:
         with self.sessions.begin() as session:
             settled = job_state.requeue_expired(session, self.settings.max_attempts, self.queues)
-        self._publish(settled.requeued)
         for target in settled.requeued:
             log.warning("job %s: its worker stopped renewing the lease; requeued", target.job_id)
 
         lost = self._find_lost()
-        self._publish(lost)
+        if lost:
+            with self.sessions.begin() as session:
+                job_state.clear_published(session, [t.job_id for t in lost])
         for target in lost:
-            log.warning("job %s was queued with no message in the broker; published again", target.job_id)
+            log.warning(
+                "job %s was dispatched but its message is not in the broker; held again", target.job_id
+            )
+        if settled.requeued or lost:
+            wake(self.broker, self.queues)
         # Outputs of finished jobs that no row references (stale attempts, superseded checkpoints,
         # canceled and failed jobs); a bounded slice per sweep, skipped while storage is down.
         collect_garbage(self.sessions, self.store, self.settings.gc_grace_seconds, limit=GC_JOBS_PER_SWEEP)
@@ -180,11 +188,7 @@ class Sweep:
         grace = min(self.settings.publish_grace_seconds, self.settings.requeue_after_seconds)
         with self.sessions() as session:
             candidates = job_state.find_lost_queued(
-                session,
-                republish_after_seconds=grace,
-                unpublished_grace_seconds=grace,
-                queues=self.queues,
-                limit=MAX_REPUBLISH,
+                session, republish_after_seconds=grace, queues=self.queues, limit=MAX_REPUBLISH
             )
         if not candidates:
             return []
@@ -196,23 +200,7 @@ class Sweep:
         # one that moved between the reads is seen in the hash, or its job is no longer queued.
         held = held_task_ids(self.broker, self.unacked_key)
         stale = utcnow() - dt.timedelta(seconds=self.settings.requeue_after_seconds)
-        return [
-            t for t in absent if str(t.job_id) not in held or t.published_at is None or t.published_at < stale
-        ]
-
-    def _publish(self, targets: list[PublishTarget]) -> None:
-        if not targets:
-            return
-        # Marked first: a fast worker may claim (and even finish) the job before a later mark would land.
-        with self.sessions.begin() as session:
-            job_state.mark_published(session, [t.job_id for t in targets])
-        for i, target in enumerate(targets):
-            try:
-                publish_job(self.app, str(target.job_id), target.kind, target.priority, self.settings)
-            except Exception:
-                with self.sessions.begin() as session:
-                    job_state.clear_published(session, [t.job_id for t in targets[i:]])
-                raise
+        return [t for t in absent if str(t.job_id) not in held or t.published_at < stale]
 
     def close(self) -> None:
         self.broker.close()

@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, render_template, request, url_for
 from flask.blueprints import BlueprintSetupState
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from api import cancellation
@@ -21,7 +22,7 @@ from api.dashboard import signin as auth
 from api.dashboard.formatting import FILTERS
 from api.errors import ApiError
 from api.pagination import page, page_query
-from api.queries import get_owned, queue_position
+from api.queries import get_owned, standing_of
 from api.validation import query_uuid
 from api.views import batch_view, job_summary, job_view, model_view
 from shared.models import TERMINAL_STATUSES, Batch, Job, JobStatus, TrainedModel
@@ -102,6 +103,11 @@ def signout() -> WerkzeugResponse:
 # Jobs and batches
 
 
+def _position(session: Session, job: Job) -> int | None:
+    standing = standing_of(session, job)
+    return standing.position if standing else None
+
+
 def _jobs_context() -> dict[str, Any]:
     session, tenant = db(), tenant_id()
     batch_id = query_uuid("batch")  # one batch's jobs, as GET /v1/jobs?batch= lists them
@@ -114,7 +120,7 @@ def _jobs_context() -> dict[str, Any]:
         select(Batch).where(Batch.tenant_id == tenant).order_by(Batch.created_at.desc()).limit(BATCHES_SHOWN)
     ).all()
     return {
-        "jobs": [{**job_summary(job), "queue_position": queue_position(session, job)} for job in jobs],
+        "jobs": [{**job_summary(job), "queue_position": _position(session, job)} for job in jobs],
         "batches": [batch_view(batch, batch_counts(session, batch.id)) for batch in batches],
         "next_cursor": next_cursor,
         "cursor": request.args.get("cursor"),
@@ -137,7 +143,7 @@ def jobs_live() -> str:
 def _job_context(job_id: str) -> dict[str, Any]:
     session = db()
     job = get_owned(session, Job, job_id, tenant_id())
-    view = job_view(job, api().urls, queue_position(session, job))
+    view = job_view(job, api().urls, standing_of(session, job))
     images = [a for a in view["artifacts"] if a["content_type"].startswith("image/")]
     return {"job": view, "images": images, "active": view["status"] in ACTIVE}
 

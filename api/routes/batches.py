@@ -28,7 +28,7 @@ def _view(batch: Batch) -> dict[str, Any]:
 def create() -> tuple[Response, int, dict[str, str]]:
     ctx = api()
     batch, job_ids, created = submit_batch(
-        db(), tenant_id(), json_body(), idempotency_key(), ctx.settings, ctx.publisher
+        db(), tenant_id(), json_body(), idempotency_key(), ctx.settings, ctx.wake
     )
     location = url_for("batches.read", batch_id=batch.id)
     return jsonify({**_view(batch), "job_ids": job_ids}), 202 if created else 200, {"Location": location}

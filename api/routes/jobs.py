@@ -13,7 +13,7 @@ from api.cancellation import cancel_job
 from api.context import api, db
 from api.long_poll import long_poll, wait_seconds
 from api.pagination import page, page_limit, page_query
-from api.queries import get_owned, queue_position
+from api.queries import get_owned, standing_of
 from api.submission import submit_job
 from api.validation import idempotency_key, json_body, parse_id, query_choice, query_uuid
 from api.views import job_summary, job_view
@@ -24,13 +24,13 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
 def _detail(job: Job) -> dict[str, Any]:
-    return job_view(job, api().urls, queue_position(db(), job))
+    return job_view(job, api().urls, standing_of(db(), job))
 
 
 @bp.post("")
 def create() -> tuple[Response, int, dict[str, str]]:
     ctx = api()
-    job, created = submit_job(db(), tenant_id(), json_body(), idempotency_key(), ctx.settings, ctx.publisher)
+    job, created = submit_job(db(), tenant_id(), json_body(), idempotency_key(), ctx.settings, ctx.wake)
     location = url_for("jobs.read", job_id=job.id)
     return jsonify(_detail(job)), 202 if created else 200, {"Location": location}
 

@@ -19,16 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import session_factory
 from shared.models import Artifact, Job, JobStatus, Tenant
-from shared.queue import make_celery, publish_job, queue_for
+from shared.queue import make_celery, queue_for
+from shared.scheduling import order_key, wake
 from shared.settings import Settings
 from shared.specs import JobKind
+from shared.usage import reserve_seqs
 from shared.worker_launch import job_worker_argv, job_worker_env
 from tests.conftest import ROOT
+from worker.dispatch import CeleryPublisher, JobMessage
 
 # Leases and sweeps in seconds, so a killed worker's job is requeued within a few seconds.
 FAST_RECOVERY = {
@@ -158,25 +162,38 @@ class JobClient:
             self.tenant_id = tenant.id
 
     def insert(self, kind: JobKind, params: dict[str, Any], priority: int = 0) -> uuid.UUID:
+        """A held job, as the API writes one (the scheduler is not woken)."""
         with self.sessions.begin() as session:
+            seq = reserve_seqs(session, self.tenant_id, 1)
             job = Job(
                 tenant_id=self.tenant_id,
                 kind=kind,
                 params=params,
                 queue=queue_for(kind, self.settings),
                 priority=priority,
+                order_key=order_key(priority, seq),
             )
             session.add(job)
             session.flush()
             return job.id
 
     def publish(self, job_id: uuid.UUID) -> None:
+        """Send the job's message directly, bypassing the scheduler: a duplicate or stray delivery."""
         job = self.get(job_id)
-        publish_job(self.celery, str(job_id), job.kind, job.priority, self.settings)
+        sent = CeleryPublisher(self.celery, self.settings)([JobMessage(str(job_id), job.kind, job.priority)])
+        assert sent == [str(job_id)]
+
+    def wake(self) -> None:
+        client = redis.Redis.from_url(self.settings.broker_url)
+        try:
+            wake(client, [self.settings.train_queue, self.settings.sample_queue])
+        finally:
+            client.close()
 
     def submit(self, kind: JobKind, params: dict[str, Any], priority: int = 0) -> uuid.UUID:
+        """What `POST /v1/jobs` does: a held job, then the scheduler woken."""
         job_id = self.insert(kind, params, priority)
-        self.publish(job_id)
+        self.wake()
         return job_id
 
     def get(self, job_id: uuid.UUID) -> Job:

@@ -1,9 +1,9 @@
-"""An API over SQLite in tmp_path with the local object store and a publisher that records messages."""
+"""An API over SQLite in tmp_path with the local object store and a scheduler wake that records calls."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.app import create_app
-from api.publisher import JobMessage
 from shared.db import dispose_engines, engine_for
 from shared.models import Base, Batch, Dataset, Job, TrainedModel, utcnow
 from shared.settings import Settings
@@ -25,20 +24,13 @@ from tests.conftest import free_port
 
 
 @dataclass
-class RecordingPublisher:
-    """Records what would be sent; `fail_after` sends that many then fails, like a broker going away."""
+class RecordingWake:
+    """Records the queues the API woke the scheduler for, one set per call."""
 
-    messages: list[JobMessage] = field(default_factory=list)
-    fail_after: int | None = None
+    calls: list[set[str]] = field(default_factory=list)
 
-    def __call__(self, messages: Sequence[JobMessage]) -> list[str]:
-        sent = []
-        for message in messages:
-            if self.fail_after is not None and len(self.messages) >= self.fail_after:
-                break
-            self.messages.append(message)
-            sent.append(message.job_id)
-        return sent
+    def __call__(self, queues: Iterable[str]) -> None:
+        self.calls.append(set(queues))
 
 
 @dataclass
@@ -60,6 +52,8 @@ def settings(tmp_path: Path) -> Settings:
         broker_url=f"redis://127.0.0.1:{free_port()}/0",
         public_base_url="http://genq.test",
         max_upload_bytes=64 * 1024,
+        rate_limit_storage_url="memory://",
+        rate_limit="100000/second",  # tests of the limit set their own
     )
 
 
@@ -73,13 +67,13 @@ def session(settings: Settings) -> Iterator[Session]:
 
 
 @pytest.fixture()
-def publisher() -> RecordingPublisher:
-    return RecordingPublisher()
+def wakes() -> RecordingWake:
+    return RecordingWake()
 
 
 @pytest.fixture()
-def app(settings: Settings, session: Session, publisher: RecordingPublisher) -> Flask:
-    return create_app(settings, publisher=publisher)
+def app(settings: Settings, session: Session, wakes: RecordingWake) -> Flask:
+    return create_app(settings, wake=wakes)
 
 
 @pytest.fixture()

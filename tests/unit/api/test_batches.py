@@ -9,8 +9,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.models import Job, JobStatus
+from shared.scheduling import order_key
 from shared.specs import MAX_BATCH_ITEMS
-from tests.unit.api.conftest import RecordingPublisher, Tenant, add_model, count_rows
+from tests.unit.api.conftest import RecordingWake, Tenant, add_model, count_rows
 
 
 def template_batch(model_id: object, seeds: list[int], **extra: object) -> dict:
@@ -18,8 +19,8 @@ def template_batch(model_id: object, seeds: list[int], **extra: object) -> dict:
     return {"template": template, "seeds": seeds, **extra}
 
 
-def test_template_batch_expands_in_order_and_publishes_every_job(
-    client: FlaskClient, tenant: Tenant, session: Session, publisher: RecordingPublisher
+def test_template_batch_expands_in_order_and_holds_every_job_for_the_scheduler(
+    client: FlaskClient, tenant: Tenant, session: Session, wakes: RecordingWake
 ) -> None:
     model = add_model(session, tenant.id, "vae")
     body = template_batch(model.id, [5, 6, 7], labels=[1, 2, 3], priority=4)
@@ -28,19 +29,19 @@ def test_template_batch_expands_in_order_and_publishes_every_job(
     batch = response.json
     assert response.headers["Location"] == f"/v1/batches/{batch['id']}"
     assert batch["total"] == 3 and batch["counts"]["queued"] == 3 and not batch["done"]
-    assert [m.job_id for m in publisher.messages] == batch["job_ids"]
-    assert {m.priority for m in publisher.messages} == {4}
+    assert wakes.calls == [{"genq.sample"}]
     jobs = session.scalars(select(Job).where(Job.batch_id == uuid.UUID(batch["id"])).order_by(Job.created_at))
     jobs = list(jobs)
     assert [str(j.id) for j in jobs] == batch["job_ids"]
     assert [(j.params["seed"], j.params["labels"]) for j in jobs] == [(5, 1), (6, 2), (7, 3)]
-    assert all(j.published_at is not None and j.priority == 4 for j in jobs)
+    assert all(j.published_at is None and j.priority == 4 for j in jobs)
+    assert [j.order_key for j in jobs] == [order_key(4, seq) for seq in (1, 2, 3)]  # the tenant's order
     listed = client.get(f"/v1/jobs?batch={batch['id']}", headers=tenant.headers).json["jobs"]
     assert [j["id"] for j in listed] == batch["job_ids"][::-1]  # newest first
 
 
 def test_item_list_with_own_priorities_and_kinds(
-    client: FlaskClient, tenant: Tenant, session: Session, publisher: RecordingPublisher
+    client: FlaskClient, tenant: Tenant, session: Session, wakes: RecordingWake
 ) -> None:
     model = add_model(session, tenant.id, "gan")
     items = [
@@ -49,11 +50,16 @@ def test_item_list_with_own_priorities_and_kinds(
     ]
     response = client.post("/v1/batches", json={"items": items, "priority": 2}, headers=tenant.headers)
     assert response.status_code == 202
-    assert [(m.kind.value, m.priority) for m in publisher.messages] == [("train", 9), ("generate", 2)]
+    jobs = session.scalars(select(Job).order_by(Job.created_at)).all()
+    assert [(j.kind.value, j.priority, j.order_key) for j in jobs] == [
+        ("train", 9, order_key(9, 1)),
+        ("generate", 2, order_key(2, 2)),
+    ]
+    assert wakes.calls == [{"genq.train", "genq.sample"}]
 
 
 def test_a_bad_item_rejects_the_whole_batch_naming_it(
-    client: FlaskClient, tenant: Tenant, session: Session, publisher: RecordingPublisher
+    client: FlaskClient, tenant: Tenant, session: Session, wakes: RecordingWake
 ) -> None:
     model = add_model(session, tenant.id, "gan")
     good = {"kind": "generate", "params": {"model_id": str(model.id), "count": 1}}
@@ -73,20 +79,7 @@ def test_a_bad_item_rejects_the_whole_batch_naming_it(
         response = client.post("/v1/batches", json=body, headers=tenant.headers)
         assert response.status_code == status, (field, response.json)
         assert response.json["error"]["details"][0]["field"] == field, response.json
-    assert count_rows(session) == (0, 0) and publisher.messages == []
-
-
-def test_partial_publish_marks_only_the_sent_jobs(
-    client: FlaskClient, tenant: Tenant, session: Session, publisher: RecordingPublisher
-) -> None:
-    model = add_model(session, tenant.id, "gan")
-    publisher.fail_after = 2
-    response = client.post("/v1/batches", json=template_batch(model.id, [1, 2, 3, 4]), headers=tenant.headers)
-    assert response.status_code == 202
-    ids = response.json["job_ids"]
-    published = {str(i) for i in session.scalars(select(Job.id).where(Job.published_at.is_not(None)))}
-    assert published == set(ids[:2])
-    assert count_rows(session) == (4, 1)
+    assert count_rows(session) == (0, 0) and wakes.calls == []
 
 
 def test_counts_and_cancel(client: FlaskClient, tenant: Tenant, session: Session) -> None:
@@ -115,7 +108,7 @@ def test_counts_and_cancel(client: FlaskClient, tenant: Tenant, session: Session
 
 
 def test_idempotent_batches(
-    client: FlaskClient, tenant: Tenant, other: Tenant, session: Session, publisher: RecordingPublisher
+    client: FlaskClient, tenant: Tenant, other: Tenant, session: Session, wakes: RecordingWake
 ) -> None:
     model = add_model(session, tenant.id, "gan")
     headers = {**tenant.headers, "Idempotency-Key": "nightly"}
@@ -126,7 +119,7 @@ def test_idempotent_batches(
     reordered = client.post("/v1/batches", json=template_batch(model.id, [1, 2, 3]), headers=headers)
     assert reordered.status_code == 409
     assert reordered.json["error"]["details"][0]["field"] == "Idempotency-Key"
-    assert len(publisher.messages) == 3 and count_rows(session) == (3, 1)
+    assert len(wakes.calls) == 1 and count_rows(session) == (3, 1)
 
 
 def test_other_tenants_batches_are_not_found(

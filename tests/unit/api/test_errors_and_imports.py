@@ -66,7 +66,7 @@ def test_the_api_never_imports_torch_or_the_worker(tmp_path: Path) -> None:
         with Session(engine_for(settings.sql_url)) as session:
             _, key = create_api_key(session, create_tenant(session, "t").id)
             session.commit()
-        client = create_app(settings, publisher=lambda messages: []).test_client()
+        client = create_app(settings, wake=lambda queues: None).test_client()
         headers = {{"Authorization": "Bearer " + key}}
         train = {{"kind": "train", "params": {{"family": "cnn"}}}}
         statuses = [

@@ -10,8 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.models import Artifact, Job, JobStatus, utcnow
+from shared.scheduling import order_key
 from shared.specs import JobKind
-from tests.unit.api.conftest import RecordingPublisher, Tenant, add_dataset, add_model, count_rows
+from tests.unit.api.conftest import RecordingWake, Tenant, add_dataset, add_model, count_rows
 
 TRAIN = {"kind": "train", "params": {"family": "cnn", "options": {"epochs": 1}}}
 
@@ -20,8 +21,8 @@ def generate(model_id: object, **params: object) -> dict:
     return {"kind": "generate", "params": {"model_id": str(model_id), "count": 4, **params}}
 
 
-def test_submit_writes_the_job_then_publishes_it(
-    client: FlaskClient, tenant: Tenant, session: Session, publisher: RecordingPublisher
+def test_submit_writes_a_held_job_and_wakes_the_scheduler(
+    client: FlaskClient, tenant: Tenant, session: Session, wakes: RecordingWake
 ) -> None:
     response = client.post("/v1/jobs", json={**TRAIN, "priority": 7}, headers=tenant.headers)
     assert response.status_code == 202
@@ -29,32 +30,22 @@ def test_submit_writes_the_job_then_publishes_it(
     assert response.headers["Location"] == f"/v1/jobs/{body['id']}"
     assert body["status"] == "queued" and body["kind"] == "train" and body["priority"] == 7
     assert body["params"]["options"] == {"epochs": 1} and body["params"]["dataset"] == "fashion-mnist"
-    assert body["queue_position"] == 0 and body["published_at"] is not None
-    assert [(m.job_id, m.kind, m.priority) for m in publisher.messages] == [(body["id"], JobKind.train, 7)]
+    assert body["queue_position"] == 0 and body["published_at"] is None and body["waiting_for"] == "worker"
+    assert wakes.calls == [{"genq.train"}]
     job = session.get(Job, uuid.UUID(body["id"]))
-    assert job.tenant_id == tenant.id and job.queue == "genq.train" and job.published_at is not None
-
-
-def test_publish_failure_keeps_the_job_queued_and_unpublished(
-    client: FlaskClient, tenant: Tenant, session: Session, publisher: RecordingPublisher
-) -> None:
-    publisher.fail_after = 0
-    response = client.post("/v1/jobs", json=TRAIN, headers=tenant.headers)
-    assert response.status_code == 202
-    assert response.json["published_at"] is None
-    job = session.get(Job, uuid.UUID(response.json["id"]))
-    assert job.status == JobStatus.queued and job.published_at is None
+    assert job.tenant_id == tenant.id and job.queue == "genq.train" and job.published_at is None
+    assert job.order_key == order_key(7, 1)
 
 
 def test_idempotency_key_returns_the_same_job_or_409(
-    client: FlaskClient, tenant: Tenant, other: Tenant, session: Session, publisher: RecordingPublisher
+    client: FlaskClient, tenant: Tenant, other: Tenant, session: Session, wakes: RecordingWake
 ) -> None:
     headers = {**tenant.headers, "Idempotency-Key": "order-17"}
     first = client.post("/v1/jobs", json=TRAIN, headers=headers)
     again = client.post("/v1/jobs", json=TRAIN, headers=headers)
     assert (first.status_code, again.status_code) == (202, 200)
     assert again.json["id"] == first.json["id"]
-    assert len(publisher.messages) == 1
+    assert len(wakes.calls) == 1  # the replay woke nobody: nothing new
     # Defaults written out or left implicit are the same request.
     explicit = {**TRAIN, "priority": 0, "params": {**TRAIN["params"], "dataset": "fashion-mnist"}}
     assert client.post("/v1/jobs", json=explicit, headers=headers).json["id"] == first.json["id"]
@@ -69,7 +60,7 @@ def test_idempotency_key_returns_the_same_job_or_409(
 
 
 def test_references_are_checked_at_submit(
-    client: FlaskClient, tenant: Tenant, other: Tenant, session: Session, publisher: RecordingPublisher
+    client: FlaskClient, tenant: Tenant, other: Tenant, session: Session, wakes: RecordingWake
 ) -> None:
     gan = add_model(session, tenant.id, "gan")
     cnn = add_model(session, tenant.id, "cnn")
@@ -91,7 +82,7 @@ def test_references_are_checked_at_submit(
         assert response.status_code == status, (body, response.json)
         assert response.json["error"]["details"][0]["field"] == field
         assert response.json["error"]["message"].startswith(field)
-    assert count_rows(session) == (0, 0) and publisher.messages == []
+    assert count_rows(session) == (0, 0) and wakes.calls == []
     ok = [
         generate(gan.id),
         {"kind": "evaluate", "params": {"model_id": str(cnn.id), "classifier_id": str(cnn.id)}},
@@ -106,6 +97,10 @@ def test_references_are_checked_at_submit(
 
 def _add_job(session: Session, tenant_id: uuid.UUID, **values: object) -> Job:
     now = utcnow()
+    created = values.setdefault("created_at", now)
+    # The tenant's order as submission gives it: priority, then milliseconds since 2026 as the sequence.
+    seq = int((created - dt.datetime(2026, 1, 1, tzinfo=dt.UTC)).total_seconds() * 1000)
+    values.setdefault("order_key", order_key(values.get("priority", 0), seq))
     job = Job(
         id=uuid.uuid4(),
         tenant_id=tenant_id,

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from shared.settings import Settings
 from shared.storage import LocalStore
-from tests.unit.api.conftest import RecordingPublisher
+from tests.unit.api.conftest import RecordingWake
 
 KEY = "tenants/t1/jobs/j1/grid.png"
 
@@ -62,7 +62,7 @@ def test_signed_urls_open_exactly_their_object_until_they_expire(app: Flask, cli
 
 def test_objects_are_not_served_with_s3_storage(settings: Settings, session) -> None:  # type: ignore[no-untyped-def]
     s3 = settings.model_copy(update={"storage_backend": "s3", "s3_endpoint_url": "http://127.0.0.1:9"})
-    client = create_app(s3, publisher=RecordingPublisher()).test_client()
+    client = create_app(s3, wake=RecordingWake()).test_client()
     response = client.get(f"/v1/objects/{KEY}?expires=1&signature=x")
     assert response.status_code == 404 and response.json["error"]["code"] == "not_found"
 

@@ -23,14 +23,14 @@ from shared.settings import Settings
 from shared.specs import JobKind
 from shared.tenants import revoke_api_key
 from tests.conftest import ROOT
-from tests.unit.api.conftest import RecordingPublisher, Tenant
+from tests.unit.api.conftest import RecordingWake, Tenant
 
 TOKEN = "operator-token-" + "0" * 16
 
 
 @pytest.fixture()
-def app(settings: Settings, session: Session, publisher: RecordingPublisher) -> Flask:
-    return create_app(settings.model_copy(update={"metrics_token": TOKEN}), publisher=publisher)
+def app(settings: Settings, session: Session, wakes: RecordingWake) -> Flask:
+    return create_app(settings.model_copy(update={"metrics_token": TOKEN}), wake=wakes)
 
 
 def add_job(session: Session, tenant: Tenant, status: JobStatus, queue: str = "genq.train") -> Job:
@@ -62,7 +62,7 @@ def test_metrics_are_for_the_operator_token_only(
     assert refused.status_code == 403 and "genq_jobs" not in refused.text
     assert client.get("/metrics", headers={"Authorization": "Bearer " + TOKEN[:-1] + "1"}).status_code == 403
     assert client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
-    without = create_app(settings, publisher=RecordingPublisher()).test_client()
+    without = create_app(settings, wake=RecordingWake()).test_client()
     assert without.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404
 
 

@@ -18,7 +18,7 @@ from shared.models import Artifact, Job, JobStatus, utcnow
 from shared.settings import Settings
 from shared.specs import JobKind
 from shared.tenants import revoke_api_key
-from tests.unit.api.conftest import RecordingPublisher, Tenant, add_model
+from tests.unit.api.conftest import RecordingWake, Tenant, add_model
 from tests.unit.api.test_batches import template_batch
 
 
@@ -190,12 +190,12 @@ def test_wait_on_a_finished_job_or_batch_answers_at_once_and_is_bounded(
 
 
 def test_every_api_process_gives_an_unchanged_job_the_same_etag(
-    app: Flask, settings: Settings, tenant: Tenant, session: Session, publisher: RecordingPublisher
+    app: Flask, settings: Settings, tenant: Tenant, session: Session, wakes: RecordingWake
 ) -> None:
     job = _finished_job(session, tenant.id)
     first = app.test_client().get(f"/v1/jobs/{job.id}", headers=tenant.headers)
     time.sleep(1.1)  # the other process signs its URLs a second later: other expiries, other signatures
-    other = create_app(settings, publisher=publisher).test_client()
+    other = create_app(settings, wake=wakes).test_client()
     second = other.get(
         f"/v1/jobs/{job.id}", headers={**tenant.headers, "If-None-Match": first.headers["ETag"]}
     )

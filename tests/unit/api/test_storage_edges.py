@@ -16,7 +16,7 @@ from api.app import create_app
 from shared.models import Dataset, TrainedModel
 from shared.settings import Settings
 from shared.storage import LocalStore
-from tests.unit.api.conftest import RecordingPublisher, Tenant, add_model
+from tests.unit.api.conftest import RecordingWake, Tenant, add_model
 from tests.unit.api.test_models_datasets import npz_of, png, upload, zip_of
 from tests.unit.test_datasets import npz_with_lying_header, png_header_only
 
@@ -32,7 +32,7 @@ def test_upload_into_an_unwritable_store_is_503_and_leaves_no_row(
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the storage directory should be")
     unwritable = settings.model_copy(update={"local_storage_dir": blocker / "objects"})
-    client = create_app(unwritable, publisher=RecordingPublisher()).test_client()
+    client = create_app(unwritable, wake=RecordingWake()).test_client()
     response = upload(client, tenant, npz_of(images=np.zeros((2, 8, 8), np.uint8)), "x.npz")
     assert response.status_code == 503, response.json
     assert response.json["error"]["code"] == "storage_unavailable"
@@ -101,7 +101,7 @@ def test_an_unreachable_store_does_not_mark_checkpoints_missing(
             "s3_secret_access_key": "testing",
         }
     )
-    client = create_app(s3, publisher=RecordingPublisher()).test_client()
+    client = create_app(s3, wake=RecordingWake()).test_client()
     model = add_model(session, tenant.id)
     assert client.get(f"/v1/models/{model.id}", headers=tenant.headers).json["checkpoint"] == "available"
     session.expire_all()

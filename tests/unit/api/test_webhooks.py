@@ -18,7 +18,7 @@ from api.routes.webhooks import delivery_view
 from shared.models import Batch, Job, Tenant, WebhookAttempt, WebhookDelivery, utcnow
 from shared.settings import Settings
 from shared.webhooks import new_secret
-from tests.unit.api.conftest import RecordingPublisher, count_rows, make_tenant
+from tests.unit.api.conftest import RecordingWake, count_rows, make_tenant
 from tests.unit.api.conftest import Tenant as ApiTenant
 
 TRAIN = {"kind": "train", "params": {"family": "cnn"}}
@@ -32,9 +32,9 @@ def lenient(settings: Settings) -> Settings:
 
 @pytest.fixture()
 def lenient_client(
-    lenient: Settings, session: Session, publisher: RecordingPublisher
+    lenient: Settings, session: Session, wakes: RecordingWake
 ) -> Iterator[FlaskClient]:
-    app = create_app(lenient, publisher=publisher)
+    app = create_app(lenient, wake=wakes)
     yield app.test_client()
     app.extensions["genq"].celery.close()
 
@@ -68,7 +68,7 @@ def test_a_bad_or_internal_target_is_422_and_writes_nothing(
     client: FlaskClient,
     signed: ApiTenant,
     session: Session,
-    publisher: RecordingPublisher,
+    wakes: RecordingWake,
     url: str,
     message: str,
 ) -> None:
@@ -79,7 +79,7 @@ def test_a_bad_or_internal_target_is_422_and_writes_nothing(
     ):
         status, field, text = error_of(client.post(path, json=body, headers=signed.headers))
         assert (status, field) == (422, "webhook") and message in text and text.startswith("webhook: ")
-    assert count_rows(session) == before and publisher.messages == []
+    assert count_rows(session) == before and wakes.calls == []
 
 
 def test_other_webhook_mistakes_name_their_field(

@@ -1,5 +1,5 @@
-"""The real Flask API served over HTTP on a thread (SQLite in tmp_path, local store, a publisher that
-only records), so the CLI is tested against the routes it will meet, through real sockets."""
+"""The real Flask API served over HTTP on a thread (SQLite in tmp_path, local store, no scheduler: jobs
+stay held), so the CLI is tested against the routes it will meet, through real sockets."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class LiveApi:
     tenant_id: uuid.UUID
     settings: Settings
     engine: Engine
-    published: list[str] = field(default_factory=list)
+    woken: list[str] = field(default_factory=list)  # queues the API woke the scheduler for
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -53,18 +53,13 @@ def live_api(tmp_path: Path) -> Iterator[LiveApi]:
         _, key = create_api_key(session, tenant.id, "cli")
         session.commit()
         tenant_id = tenant.id
-    published: list[str] = []
-
-    def publisher(messages):  # type: ignore[no-untyped-def]
-        published.extend(m.job_id for m in messages)
-        return [m.job_id for m in messages]
-
-    app = create_app(settings, publisher=publisher)
+    woken: list[str] = []
+    app = create_app(settings, wake=woken.extend)
     server = make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield LiveApi(f"http://127.0.0.1:{port}", key, tenant_id, settings, engine, published)
+        yield LiveApi(f"http://127.0.0.1:{port}", key, tenant_id, settings, engine, woken)
     finally:
         server.shutdown()
         server.server_close()

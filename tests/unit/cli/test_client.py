@@ -72,7 +72,7 @@ def test_submit_status_jobs_and_cancel(live_api: LiveApi, capsys: pytest.Capture
     code, out, _ = run_cli(live_api, *TRAIN, "--option", "width=8", capsys=capsys)
     assert code == 0
     job_id = out.strip()
-    assert live_api.published == [job_id]
+    assert live_api.woken == ["genq.train"]
     job = client_for(live_api).get_job(job_id)
     assert job["params"]["options"] == {"max_steps": 10, "width": 8}
 
@@ -123,7 +123,7 @@ def test_batch_template_with_seeds_and_labels(live_api: LiveApi, capsys: pytest.
     code, _, err = run_cli(live_api, "batch", "--template", template, "--seeds", "0-2", capsys=capsys)
     # The model does not exist for this tenant: refused as a whole, naming the field.
     assert code == 1 and "model_id" in err
-    assert live_api.published == []
+    assert live_api.woken == []
 
 
 def test_wait_reports_failure_and_cancel_with_exit_codes(live_api: LiveApi) -> None:

@@ -153,24 +153,24 @@ def test_requeue_expired_rules(sessions: Sessions, make_job: MakeJob) -> None:
     assert (again.requeued, again.exhausted, again.canceled) == ([], 0, 0)
 
 
-def test_find_lost_queued_and_mark_published(sessions: Sessions, make_job: MakeJob) -> None:
+def test_find_lost_queued_mark_dispatched_and_hold_again(sessions: Sessions, make_job: MakeJob) -> None:
     now = utcnow()
     old = now - dt.timedelta(seconds=600)
     stale = make_job(published_at=old, created_at=old, updated_at=old)
     fresh = make_job(published_at=now)
-    never = make_job(created_at=old, updated_at=old)
-    just_committed = make_job()  # the API may still be publishing it
+    held = make_job(created_at=old, updated_at=old)  # never sent: the scheduler's, not lost
     running = make_job(published_at=old)
     _claim(sessions, running)
 
     with sessions() as session:
-        lost = job_state.find_lost_queued(session, republish_after_seconds=300, unpublished_grace_seconds=10)
-    assert {t.job_id for t in lost} == {stale, never}
-    assert fresh not in {t.job_id for t in lost} and just_committed not in {t.job_id for t in lost}
+        lost = job_state.find_lost_queued(session, republish_after_seconds=300)
+    assert {t.job_id for t in lost} == {stale}
+    assert fresh not in {t.job_id for t in lost}
 
     with sessions.begin() as session:
-        assert job_state.mark_published(session, [stale, never, running]) == 2
-        assert job_state.find_lost_queued(session, 300, 10) == []
+        job_state.clear_published(session, [stale, running])  # held again; a running job is left alone
+        assert set(job_state.mark_dispatched(session, [stale, held, running, fresh])) == {stale, held}
+        assert job_state.find_lost_queued(session, 300) == []
     assert _job(sessions, running).published_at == old
 
 

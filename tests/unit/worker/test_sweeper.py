@@ -1,4 +1,5 @@
-"""The sweeper on SQLite with a stand-in broker: requeue expired leases, republish only lost jobs."""
+"""The sweeper on SQLite with a stand-in broker: requeue expired leases, hold again only lost jobs, wake
+the scheduler."""
 
 from __future__ import annotations
 
@@ -54,11 +55,32 @@ class FakeLock:
         del self.held[self.key]
 
 
+class FakePipeline:
+    def __init__(self, broker: FakeBroker) -> None:
+        self.broker = broker
+
+    def __enter__(self) -> FakePipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def publish(self, channel: str, message: str) -> None:
+        self.broker.published.append((channel, message))
+
+    def execute(self) -> None:
+        pass
+
+
 class FakeBroker:
     def __init__(self, lists: dict[str, list[bytes]], unacked: dict[str, bytes] | None = None) -> None:
         self.lists = lists
         self.unacked = unacked or {}
         self.locks: dict[str, str] = {}
+        self.published: list[tuple[str, str]] = []
+
+    def pipeline(self, transaction: bool = True) -> FakePipeline:
+        return FakePipeline(self)
 
     def llen(self, key: str) -> int:
         return len(self.lists.get(key, []))
@@ -130,26 +152,21 @@ def test_message_ids_skip_garbage() -> None:
     assert list(message_task_ids([kombu_message("a"), b"not json", b"[]", kombu_message("b")])) == ["a", "b"]
 
 
-def test_expired_lease_is_requeued_and_published(sweep: Sweep) -> None:
+def test_expired_lease_is_requeued_held_and_the_scheduler_woken(sweep: Sweep) -> None:
     job_id = _add_job(sweep.sessions, priority=7)
     with sweep.sessions.begin() as session:
         job_state.claim_job(session, job_id, "dead-worker", lease_seconds=-1)  # already expired
 
     report = sweep.once()
     assert (report.requeued, report.republished) == (1, 0)
-    [sent] = sweep.app.sent  # type: ignore[attr-defined]
-    assert (sent["name"], sent["task_id"], sent["queue"], sent["priority"]) == (
-        "genq.train",
-        str(job_id),
-        "tq",
-        2,
-    )
+    assert sweep.app.sent == []  # type: ignore[attr-defined]  # the scheduler sends, in its turn
+    assert set(sweep.broker.published) == {("genq:schedule", "tq"), ("genq:schedule", "sq")}  # type: ignore[attr-defined]
     job = _status(sweep.sessions, job_id)
-    assert job.status == JobStatus.queued and job.published_at is not None
+    assert job.status == JobStatus.queued and job.published_at is None
 
 
-def test_lost_queued_jobs_are_republished_unless_waiting_in_the_broker(sweep: Sweep) -> None:
-    never = _add_job(sweep.sessions, JobKind.generate, created_at=OLD, updated_at=OLD)
+def test_lost_messages_are_held_again_unless_waiting_in_the_broker(sweep: Sweep) -> None:
+    held = _add_job(sweep.sessions, JobKind.generate, created_at=OLD, updated_at=OLD)  # never sent
     stale = _add_job(sweep.sessions, published_at=OLD, created_at=OLD)
     waiting = _add_job(sweep.sessions, published_at=OLD, created_at=OLD)
     fresh = _add_job(sweep.sessions, published_at=utcnow())
@@ -157,41 +174,13 @@ def test_lost_queued_jobs_are_republished_unless_waiting_in_the_broker(sweep: Sw
     sweep.broker.lists = {"tq:4": [kombu_message(str(waiting))]}  # type: ignore[attr-defined]
 
     report = sweep.once()
-    sent = {m["task_id"]: m["queue"] for m in sweep.app.sent}  # type: ignore[attr-defined]
-    assert sent == {str(never): "sq", str(stale): "tq"}
-    assert report.republished == 2
-    assert _status(sweep.sessions, never).published_at is not None
+    assert report.republished == 1 and sweep.app.sent == []  # type: ignore[attr-defined]
+    assert _status(sweep.sessions, stale).published_at is None
+    assert _status(sweep.sessions, held).published_at is None
     assert _status(sweep.sessions, waiting).published_at == OLD
     for job_id in (fresh, foreign):
-        assert str(job_id) not in sent
-
-    sweep.app.sent.clear()  # type: ignore[attr-defined]
-    assert sweep.once().republished == 0  # just republished: not lost again
-
-
-def test_a_failed_publish_leaves_the_job_for_the_next_sweep(sweep: Sweep) -> None:
-    job_id = _add_job(sweep.sessions, created_at=OLD, updated_at=OLD)
-
-    def refuse(name: str, **kwargs: Any) -> None:
-        raise ConnectionError("broker down")
-
-    sweep.app.send_task = refuse  # type: ignore[method-assign]
-    with pytest.raises(ConnectionError):
-        sweep.once()
-    assert _status(sweep.sessions, job_id).published_at is None
-
-
-def test_published_at_is_set_even_when_a_worker_is_faster(sweep: Sweep) -> None:
-    job_id = _add_job(sweep.sessions, created_at=OLD, updated_at=OLD)
-
-    def deliver_at_once(name: str, **kwargs: Any) -> None:  # a worker claims it before send_task returns
-        with sweep.sessions.begin() as session:
-            assert job_state.claim_job(session, uuid.UUID(kwargs["task_id"]), "fast", 60) is not None
-
-    sweep.app.send_task = deliver_at_once  # type: ignore[method-assign]
-    assert sweep.once().republished == 1
-    job = _status(sweep.sessions, job_id)
-    assert job.status == JobStatus.running and job.published_at is not None
+        assert _status(sweep.sessions, job_id).published_at is not None
+    assert sweep.once().republished == 0  # held now: the scheduler's, not lost again
 
 
 def test_sweepers_take_turns(sweep: Sweep) -> None:
@@ -254,7 +243,7 @@ def test_a_lost_message_is_noticed_after_the_publish_grace_not_requeue_after(swe
     held = _add_job(sweep.sessions, published_at=moments_ago)  # a worker holds it, about to claim
     held_long = _add_job(sweep.sessions, published_at=OLD, created_at=OLD)  # held by a hung worker
     waiting = _add_job(sweep.sessions, published_at=moments_ago)
-    in_flight = _add_job(sweep.sessions, published_at=just_now)  # the API published it a moment ago
+    in_flight = _add_job(sweep.sessions, published_at=just_now)  # the scheduler sent it a moment ago
     sweep.broker.lists = {"tq": [kombu_message(str(waiting))]}  # type: ignore[attr-defined]
     sweep.broker.unacked = {  # type: ignore[attr-defined]
         "tag-1": unacked_entry(str(held)),
@@ -263,11 +252,11 @@ def test_a_lost_message_is_noticed_after_the_publish_grace_not_requeue_after(swe
     }
 
     report = sweep.once()
-    sent = {m["task_id"] for m in sweep.app.sent}  # type: ignore[attr-defined]
-    assert sent == {str(flushed), str(held_long)}
     assert report.republished == 2
+    for job_id in (flushed, held_long):
+        assert _status(sweep.sessions, job_id).published_at is None
     for job_id in (held, waiting, in_flight):
-        assert str(job_id) not in sent
+        assert _status(sweep.sessions, job_id).published_at is not None
 
 
 def test_queue_filter_on_requeue(sessions: sessionmaker[Session], make_job: Callable[..., uuid.UUID]) -> None:

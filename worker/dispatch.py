@@ -1,24 +1,30 @@
-"""Publishing committed jobs to the broker by task name (the API never imports the worker).
+"""The one path by which a job message reaches the broker: `dispatch` marks held jobs published, commits,
+sends, and clears the mark of any it could not send (they are held again for the next pass).
 
-A publisher takes job messages and returns the ids it sent, in order; it stops at the first failure and
-never raises, so a broker outage leaves the remaining jobs queued with `published_at` NULL for the
-sweeper to publish again.
+Only the scheduler calls it. Marking before sending means a fast worker can never claim a job whose row
+still says held; the mark is a compare-and-set on `published_at IS NULL`, so two schedulers that
+overlap for a moment (a lease lost mid-pass) cannot both send the same job. A scheduler that dies
+between its commit and its send leaves marked jobs without messages: the sweeper finds them absent
+from the broker after `publish_grace_seconds` and clears their mark.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from celery import Celery
 from kombu import Producer
+from sqlalchemy.orm import Session, sessionmaker
 
+from shared import job_state
 from shared.queue import TASK_NAMES, celery_priority, queue_for
 from shared.settings import Settings
 from shared.specs import JobKind
 
-log = logging.getLogger("genq.api")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,9 +44,8 @@ class CeleryPublisher:
     """Sends every message of a call through one producer (one broker connection from the pool), in
     pipelined chunks (kombu's publish batches: one Redis round trip per chunk, not per message).
 
-    Same message as shared.queue.publish_job (task name, task id = job id, queue by kind, Celery
-    priority), with the producer passed in so a 10,000-job batch does not acquire one per message.
-    A chunk counts as sent once its pipeline has been flushed.
+    The message: task name by kind, task id = job id, the job's queue, its Celery priority. A chunk
+    counts as sent once its pipeline has been flushed.
     """
 
     def __init__(self, celery: Celery, settings: Settings) -> None:
@@ -60,7 +65,7 @@ class CeleryPublisher:
                         for message in chunk:
                             self._send(message, producer, declared)
                     sent.extend(message.job_id for message in chunk)
-        except Exception as exc:  # the broker is down or refused: the sweeper republishes later
+        except Exception as exc:  # the broker is down or refused: the rest stay held for the next pass
             log.warning("published %d of %d jobs; broker error: %s", len(sent), len(messages), exc)
         return sent
 
@@ -81,3 +86,21 @@ class CeleryPublisher:
             kwargsrepr="{}",
             **options,
         )
+
+
+def dispatch(
+    sessions: sessionmaker[Session], publisher: Publisher, messages: Sequence[JobMessage]
+) -> list[str]:
+    """Mark the held jobs published, commit, send; jobs whose message did not go out are held again.
+    Returns the ids sent. Jobs no longer held (canceled, or marked by another pass) are skipped."""
+    if not messages:
+        return []
+    with sessions.begin() as session:
+        marked = set(job_state.mark_dispatched(session, [uuid.UUID(m.job_id) for m in messages]))
+    sendable = [m for m in messages if uuid.UUID(m.job_id) in marked]
+    sent = publisher(sendable)
+    if len(sent) < len(sendable):
+        unsent = [uuid.UUID(m.job_id) for m in sendable[len(sent) :]]
+        with sessions.begin() as session:
+            job_state.clear_published(session, unsent)
+    return sent

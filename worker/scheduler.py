@@ -1,0 +1,370 @@
+"""The scheduler: decides which held job each free worker slot gets, and sends it (worker/dispatch.py).
+
+Runs as a thread in every worker's main process (see `worker.celery_app`), or alone:
+`python -m worker.scheduler [--once]`. Only one is active at a time: the one holding a Redis lock
+(`shared.scheduling.LEADER_KEY`) that it renews every third of `scheduler_lease_seconds`; the others
+wait to take it over. Every thread also announces its worker's queues, which sizes the windows.
+
+A pass, per queue: the window is the live workers times (1 + `dispatch_ahead_per_worker`); running jobs
+and messages out fill it; each free slot goes to the best held job (`shared.scheduling.choose`). A pass
+runs when woken (a submit, a finished job, the sweeper) and every `scheduler_tick_seconds`. No torch here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from redis.exceptions import LockError
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import session_factory
+from shared.models import DISPATCHED, HELD, Job, JobStatus, Tenant, utcnow
+from shared.queue import make_celery
+from shared.scheduling import (
+    LEADER_KEY,
+    WAKE_CHANNEL,
+    Candidate,
+    QueueSummary,
+    TenantLoad,
+    announce_worker,
+    choose,
+    decayed,
+    describe,
+    live_workers,
+    retire_worker,
+    summary_key,
+)
+from shared.settings import Settings, get_settings
+from shared.specs import JobKind
+from shared.usage import seconds_today
+from worker.dispatch import CeleryPublisher, JobMessage, Publisher, dispatch
+
+log = logging.getLogger(__name__)
+
+HELD_COUNT_CAP = 10_000  # held jobs counted per tenant for the summary; beyond it the count says "10,000+"
+DURATION_SAMPLE = 20  # recently finished jobs per kind that the expected duration is the mean of
+DURATION_REFRESH_SECONDS = 10.0
+SUMMARY_TTL_SECONDS = 60
+SUMMARY_EVERY_SECONDS = 1.0  # the held counts behind queue positions need not be fresher
+
+
+def presence_ttl(settings: Settings) -> float:
+    """How long a worker counts as live after it last announced itself."""
+    return max(5.0, 3 * settings.scheduler_tick_seconds)
+
+
+@dataclass(frozen=True)
+class PassReport:
+    dispatched: dict[str, int]  # queue -> messages sent
+
+
+class Scheduler:
+    """One scheduler's connections and one pass over its queues."""
+
+    def __init__(
+        self, settings: Settings, app: Celery | None = None, publisher: Publisher | None = None
+    ) -> None:
+        self.settings = settings
+        self.app = app or make_celery(settings)
+        self.publisher = publisher or CeleryPublisher(self.app, settings)
+        self.sessions: sessionmaker[Session] = session_factory(settings.sql_url)
+        self.redis = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
+        self.queues = (settings.train_queue, settings.sample_queue)
+        self._expected: dict[str, float] = {}
+        self._expected_at = 0.0
+        self._summary_at: dict[str, float] = {}
+
+    def run_pass(self) -> PassReport:
+        now = utcnow()
+        clock = time.time()
+        with self.sessions() as session:
+            out = self._counts(session, DISPATCHED)
+            running = self._counts(session, Job.status.in_([JobStatus.running, JobStatus.canceling]))
+            tenants = self._tenants(session, now, out)
+            expected = self._expected_seconds(session)
+            plans: list[list[Candidate]] = []
+            for queue in self.queues:
+                workers = live_workers(self.redis, queue, clock, presence_ttl(self.settings))
+                window = max(1, workers) * (1 + self.settings.dispatch_ahead_per_worker)
+                queue_out = sum(n for (q, _), n in out.items() if q == queue)
+                free = window - queue_out - sum(n for (q, _), n in running.items() if q == queue)
+                picks: list[Candidate] = []
+                if free > 0:
+                    for tenant in tenants.values():
+                        tenant.candidates = deque(self._heads(session, queue, tenant.tenant_id, free))
+                    picks = choose(free, list(tenants.values()), expected)
+                if clock - self._summary_at.get(queue, 0.0) >= SUMMARY_EVERY_SECONDS:
+                    self._write_summary(session, queue, workers, window, queue_out, tenants, expected)
+                    self._summary_at[queue] = clock
+                plans.append(picks)
+            session.commit()
+        sent: dict[str, int] = {}
+        for queue, picks in zip(self.queues, plans, strict=True):
+            if picks:
+                messages = [JobMessage(str(p.job_id), p.kind, p.priority) for p in picks]
+                sent[queue] = len(dispatch(self.sessions, self.publisher, messages))
+                log.debug("dispatched on %s: %s", queue, describe(picks))
+        return PassReport(sent)
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def _tenants(
+        self, session: Session, now: dt.datetime, out: dict[tuple[str, uuid.UUID], int]
+    ) -> dict[uuid.UUID, TenantLoad]:
+        """Every tenant's weight, limits and usage: decayed past worker time plus its running jobs' time
+        so far (a long job counts toward its tenant's share from the moment it starts)."""
+        half_life = self.settings.fair_share_half_life_seconds
+        rows = session.execute(select(Tenant)).scalars().all()
+        tenants = {
+            t.id: TenantLoad(
+                tenant_id=t.id,
+                weight=t.weight or 1.0,
+                usage=decayed(t.share_seconds or 0.0, t.share_at, now, half_life),
+                active=0,
+                max_active=t.max_running_jobs,
+            )
+            for t in rows
+        }
+        running_seconds: dict[uuid.UUID, float] = {}
+        active = [JobStatus.running, JobStatus.canceling]
+        for row in session.execute(select(Job.tenant_id, Job.started_at).where(Job.status.in_(active))):
+            if row.tenant_id in tenants:
+                tenants[row.tenant_id].active += 1
+                seconds = max(0.0, (now - row.started_at).total_seconds()) if row.started_at else 0.0
+                running_seconds[row.tenant_id] = running_seconds.get(row.tenant_id, 0.0) + seconds
+        for (_queue, tenant_id), n in out.items():
+            if tenant_id in tenants:
+                tenants[tenant_id].active += n
+        for tenant_id, seconds in running_seconds.items():
+            tenants[tenant_id].usage += seconds
+        quotas = {t.id: t.gpu_seconds_per_day for t in rows if t.gpu_seconds_per_day is not None}
+        used = seconds_today(session, list(quotas), now)
+        for tenant_id, quota in quotas.items():
+            spent = used.get(tenant_id, 0.0) + running_seconds.get(tenant_id, 0.0)
+            tenants[tenant_id].seconds_left_today = quota - spent
+        return tenants
+
+    @staticmethod
+    def _counts(session: Session, where: ColumnElement[bool]) -> dict[tuple[str, uuid.UUID], int]:
+        """Jobs matching `where`, per (queue, tenant)."""
+        rows = session.execute(
+            select(Job.queue, Job.tenant_id, func.count()).where(where).group_by(Job.queue, Job.tenant_id)
+        )
+        return {(row[0], row[1]): row[2] for row in rows}
+
+    @staticmethod
+    def _heads(session: Session, queue: str, tenant_id: uuid.UUID, limit: int) -> list[Candidate]:
+        """The tenant's next held jobs in its own order (served by ix_jobs_held)."""
+        rows = session.execute(
+            select(Job.id, Job.kind, Job.priority, Job.order_key)
+            .where(HELD, Job.queue == queue, Job.tenant_id == tenant_id)
+            .order_by(Job.order_key, Job.created_at)
+            .limit(limit)
+        )
+        return [Candidate(r.id, tenant_id, str(r.kind), r.priority, r.order_key or 0) for r in rows]
+
+    def _expected_seconds(self, session: Session) -> dict[str, float]:
+        """Mean worker time of the last few succeeded jobs of each kind, refreshed every few seconds."""
+        if time.monotonic() - self._expected_at < DURATION_REFRESH_SECONDS:
+            return self._expected
+        expected: dict[str, float] = {}
+        for kind in JobKind:
+            rows = session.execute(
+                select(Job.started_at, Job.finished_at)
+                .where(Job.kind == kind, Job.finished_at.is_not(None), Job.status == JobStatus.succeeded)
+                .order_by(Job.finished_at.desc())
+                .limit(DURATION_SAMPLE)
+            ).all()
+            spans = [(r.finished_at - r.started_at).total_seconds() for r in rows if r.started_at]
+            if spans:
+                expected[kind.value] = round(sum(spans) / len(spans), 3)
+        self._expected, self._expected_at = expected, time.monotonic()
+        return expected
+
+    def _write_summary(
+        self,
+        session: Session,
+        queue: str,
+        workers: int,
+        window: int,
+        out: int,
+        tenants: dict[uuid.UUID, TenantLoad],
+        expected: dict[str, float],
+    ) -> None:
+        held: dict[str, int] = {}
+        for tenant_id in tenants:
+            capped = (
+                select(Job.id)
+                .where(HELD, Job.queue == queue, Job.tenant_id == tenant_id)
+                .limit(HELD_COUNT_CAP)
+            )
+            n = session.scalar(select(func.count()).select_from(capped.subquery())) or 0
+            if n:
+                held[str(tenant_id)] = n
+        summary = QueueSummary(
+            at=time.time(),
+            workers=workers,
+            window=window,
+            dispatched=out,
+            held=held,
+            weights={str(t.tenant_id): t.weight for t in tenants.values() if str(t.tenant_id) in held},
+            waiting_for={str(t.tenant_id): t.waiting_for for t in tenants.values() if t.waiting_for},
+            expected_seconds=expected,
+        )
+        try:
+            self.redis.set(summary_key(queue), summary.dumps(), ex=SUMMARY_TTL_SECONDS)
+        except redis.RedisError as error:
+            log.debug("schedule summary not written: %s", error)
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+class SchedulerThread:
+    """Announces this worker's queues and, while it holds the scheduler lock, runs passes: on every
+    wake and every tick. A pass that fails is logged and retried at the next wake or tick."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        app: Celery | None = None,
+        worker_name: str | None = None,
+        queues: Sequence[str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.scheduler = Scheduler(settings, app)
+        self.worker_name = worker_name  # None: schedule only (python -m worker.scheduler)
+        self.worker_queues = list(queues or self.scheduler.queues)
+        self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lock = self.scheduler.redis.lock(
+            LEADER_KEY, timeout=settings.scheduler_lease_seconds, blocking=False, thread_local=False
+        )
+        self.leading = False
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="genq-scheduler", daemon=True)
+
+    def start(self) -> SchedulerThread:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=10)
+        if self.leading:
+            with contextlib.suppress(LockError, redis.RedisError):
+                self.lock.release()
+        if self.worker_name:
+            with contextlib.suppress(redis.RedisError):
+                retire_worker(self.scheduler.redis, self.worker_queues, self.worker_name)
+        self.scheduler.close()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def _loop(self) -> None:
+        tick = self.settings.scheduler_tick_seconds
+        renew_every = self.settings.scheduler_lease_seconds / 3
+        pubsub = None
+        last_renew = 0.0
+        next_tick = 0.0
+        while not self._stopped.is_set():
+            try:
+                if pubsub is None:
+                    pubsub = self.scheduler.redis.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(WAKE_CHANNEL)
+                now = time.monotonic()
+                woken = False
+                if now >= next_tick:
+                    self._announce()
+                    woken, next_tick = True, now + tick
+                if now - last_renew >= renew_every or not self.leading:
+                    self._lead()
+                    last_renew = now
+                if self.leading and woken:
+                    self._pass()
+                message = pubsub.get_message(timeout=max(0.0, min(tick, next_tick - time.monotonic())))
+                if message is not None:
+                    while pubsub.get_message(timeout=0) is not None:  # one pass answers every wake so far
+                        pass
+                    if self.leading:
+                        self._pass()
+            except (redis.RedisError, OSError) as error:
+                log.warning("scheduler: Redis did not answer (%s); retrying", error)
+                self.leading = False
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        pubsub.close()
+                pubsub = None
+                self._stopped.wait(tick)
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                pubsub.close()
+
+    def _announce(self) -> None:
+        if self.worker_name:
+            announce_worker(
+                self.scheduler.redis,
+                self.worker_queues,
+                self.worker_name,
+                time.time(),
+                presence_ttl(self.settings),
+            )
+
+    def _lead(self) -> None:
+        """Take the lock, or keep it: renewing fails when it expired meanwhile and another took it."""
+        if self.leading:
+            try:
+                self.lock.extend(self.settings.scheduler_lease_seconds, replace_ttl=True)
+                return
+            except LockError:
+                log.warning("scheduler %s: lost the scheduler lock", self.identity)
+                self.leading = False
+        if self.lock.acquire(token=self.identity):
+            self.leading = True
+            log.info("scheduler %s: now the active scheduler", self.identity)
+
+    def _pass(self) -> None:
+        try:
+            report = self.scheduler.run_pass()
+        except Exception:
+            log.exception("scheduler pass failed; retrying at the next wake or tick")
+            return
+        if report.dispatched:
+            log.debug("scheduler pass: %s", report)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker.scheduler", description=__doc__.splitlines()[0])
+    parser.add_argument("--once", action="store_true", help="run one pass (without the lock) and exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    if args.once:
+        scheduler = Scheduler(settings)
+        print(json.dumps(scheduler.run_pass().dispatched))
+        scheduler.close()
+        return
+    thread = SchedulerThread(settings).start()
+    try:
+        thread.join()
+    except KeyboardInterrupt:
+        thread.stop()
+
+
+if __name__ == "__main__":
+    main()
