@@ -59,6 +59,16 @@ def _session(settings: Settings):  # type: ignore[no-untyped-def]
     return session_factory(settings.sql_url)()
 
 
+def named_tenant(session, name_or_id: str):  # type: ignore[no-untyped-def]
+    """The tenant of that name or id; refused with a pointer to the list otherwise."""
+    from shared.tenants import find_tenant
+
+    tenant = find_tenant(session, name_or_id)
+    if tenant is None:
+        raise CommandError(f"no tenant named or with id {name_or_id!r} (see `genq admin list-tenants`)")
+    return tenant
+
+
 def cmd_create_tenant(args: argparse.Namespace, out: TextIO) -> int:
     from shared.tenants import TenantError, create_tenant
 
@@ -73,12 +83,10 @@ def cmd_create_tenant(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_create_key(args: argparse.Namespace, out: TextIO) -> int:
-    from shared.tenants import create_api_key, find_tenant
+    from shared.tenants import create_api_key
 
     with _session(settings_for(args)) as session:
-        tenant = find_tenant(session, args.tenant)
-        if tenant is None:
-            raise CommandError(f"no tenant named or with id {args.tenant!r} (see `genq admin list-tenants`)")
+        tenant = named_tenant(session, args.tenant)
         key, plaintext = create_api_key(session, tenant.id, name=args.name or "", admin=args.admin)
         session.commit()
         sys.stderr.write(f"key {key.prefix} for tenant {tenant.name}; it is shown only this once:\n")
@@ -131,13 +139,10 @@ def cmd_revoke_key(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_webhook_secret(args: argparse.Namespace, out: TextIO) -> int:
     """Make the tenant's webhook secret, or with --rotate a new one; printed this once, like an API key
     (genq keeps it to sign with, but never shows it again)."""
-    from shared.tenants import find_tenant
     from shared.webhooks import ROTATION_GRACE, rotate_secret
 
     with _session(settings_for(args)) as session:
-        tenant = find_tenant(session, args.tenant)
-        if tenant is None:
-            raise CommandError(f"no tenant named or with id {args.tenant!r} (see `genq admin list-tenants`)")
+        tenant = named_tenant(session, args.tenant)
         if tenant.webhook_secret is not None and not args.rotate:
             raise CommandError(
                 f"tenant {tenant.name} already has a webhook secret (shown when it was made); "
@@ -157,7 +162,6 @@ def cmd_gc(args: argparse.Namespace, out: TextIO) -> int:
     from shared.db import session_factory
     from shared.storage import make_store
     from shared.storage_gc import collect_garbage
-    from shared.tenants import find_tenant
 
     settings = settings_for(args)
     sessions = session_factory(settings.sql_url)
@@ -165,10 +169,7 @@ def cmd_gc(args: argparse.Namespace, out: TextIO) -> int:
     tenant_id = None
     if args.tenant:
         with sessions() as session:
-            tenant = find_tenant(session, args.tenant)
-        if tenant is None:
-            raise CommandError(f"no tenant {args.tenant!r}")
-        tenant_id = tenant.id
+            tenant_id = named_tenant(session, args.tenant).id
     report = collect_garbage(
         sessions,
         make_store(settings),

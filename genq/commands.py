@@ -130,17 +130,28 @@ def submission_params(args: argparse.Namespace) -> dict[str, Any]:
     return merge_params(base_params(args.params), FLAG_BUILDERS[args.kind](args))
 
 
+def submitted(
+    client: GenqClient,
+    what: Literal["job", "batch"],
+    view: dict[str, Any],
+    args: argparse.Namespace,
+    out: TextIO,
+) -> int:
+    """Print what was submitted (its id, or with --json its view), then with --wait follow it to its end."""
+    if args.json and not args.wait:
+        print_json(view, out)
+    else:
+        out.write(f"{view['id']}\n")
+        out.flush()
+    if args.wait:
+        return wait_for(client, what, str(view["id"]), out, json_output=args.json)
+    return EXIT_OK
+
+
 def cmd_submit(args: argparse.Namespace, client: GenqClient, out: TextIO) -> int:
     params = submission_params(args)
     job = client.submit_job(args.kind, params, priority=args.priority, idempotency_key=args.idempotency_key)
-    if args.json and not args.wait:
-        print_json(job, out)
-    else:
-        out.write(f"{job['id']}\n")
-        out.flush()
-    if args.wait:
-        return wait_for(client, "job", str(job["id"]), out, json_output=args.json)
-    return EXIT_OK
+    return submitted(client, "job", job, args, out)
 
 
 def batch_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -168,14 +179,7 @@ def batch_body(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_batch(args: argparse.Namespace, client: GenqClient, out: TextIO) -> int:
     batch = client.submit_batch(batch_body(args), idempotency_key=args.idempotency_key)
-    if args.json and not args.wait:
-        print_json(batch, out)
-    else:
-        out.write(f"{batch['id']}\n")
-        out.flush()
-    if args.wait:
-        return wait_for(client, "batch", str(batch["id"]), out, json_output=args.json)
-    return EXIT_OK
+    return submitted(client, "batch", batch, args, out)
 
 
 # -- status, wait, cancel ------------------------------------------------------------------------------
