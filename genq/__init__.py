@@ -1,5 +1,6 @@
 """genq's command line and Python client, a package of its own beside api/ and worker/. It imports
-neither Flask nor torch: the API and the workers run as separate processes.
+neither Flask nor torch: the API and the workers run as separate processes. `pip install genq` (also
+spelled `genq[client]`) installs the client alone: requests and tqdm.
 
     import genq
 
@@ -11,8 +12,9 @@ neither Flask nor torch: the API and the workers run as separate processes.
     for done in client.batch_results(batch["id"]):  # each job as soon as it has ended
         ...
 
-Modules: `client` (the HTTP client the commands are built on), `commands` (client commands), `admin`
-(over the database), `embedded`/`processes`/`state`/`detached` (the supervisor behind `genq up`), `demo`.
+Modules: `client` (the HTTP client the commands are built on), `commands` (client commands), `progress`
+(what they show while waiting), `admin` (over the database), `embedded`/`processes`/`state`/`detached`
+(the supervisor behind `genq up`), `demo`, `extras` (which server extras are installed).
 """
 
 from genq.client import ApiError, WaitTimeout
