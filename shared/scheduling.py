@@ -32,7 +32,6 @@ SEQ_BITS = 40  # 10^12 jobs per tenant before the order key's priority band over
 WAKE_CHANNEL = "genq:schedule"
 SUMMARY_PREFIX = "genq:schedule:"
 WORKERS_PREFIX = "genq:workers:"
-LEADER_KEY = "genq:scheduler"
 DEFAULT_JOB_SECONDS = 1.0  # expected worker time of a kind with no finished job yet
 
 
@@ -44,6 +43,11 @@ def order_key(priority: int, seq: int) -> int:
 def band_start(priority: int) -> int:
     """The smallest order key of a priority."""
     return order_key(priority, 0)
+
+
+def leader_key(queues: Sequence[str]) -> str:
+    """The lock of the one active scheduler for these queues (deployments may share a Redis)."""
+    return "genq:scheduler:" + ":".join(queues)
 
 
 def summary_key(queue: str) -> str:

@@ -122,6 +122,8 @@ def service_env(postgres_url: str, redis_url: str, s3_endpoint: str, tmp_path: P
         # Unique queue names: several test runs may share one Redis.
         "GENQ_TRAIN_QUEUE": f"genq.train.{uuid.uuid4().hex[:8]}",
         "GENQ_SAMPLE_QUEUE": f"genq.sample.{uuid.uuid4().hex[:8]}",
+        # Tests fire requests faster than any client should; the rate-limit tests set their own limit.
+        "GENQ_RATE_LIMIT": "100000/second",
     }
 
 

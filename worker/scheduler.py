@@ -2,7 +2,7 @@
 
 Runs as a thread in every worker's main process (see `worker.celery_app`), or alone:
 `python -m worker.scheduler [--once]`. Only one is active at a time: the one holding a Redis lock
-(`shared.scheduling.LEADER_KEY`) that it renews every third of `scheduler_lease_seconds`; the others
+(`shared.scheduling.leader_key`) that it renews every third of `scheduler_lease_seconds`; the others
 wait to take it over. Every thread also announces its worker's queues, which sizes the windows.
 
 A pass, per queue: the window is the live workers times (1 + `dispatch_ahead_per_worker`); running jobs
@@ -29,14 +29,13 @@ from dataclasses import dataclass
 import redis
 from celery import Celery
 from redis.exceptions import LockError
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Uuid, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import session_factory
 from shared.models import DISPATCHED, HELD, Job, JobStatus, Tenant, utcnow
 from shared.queue import make_celery
 from shared.scheduling import (
-    LEADER_KEY,
     WAKE_CHANNEL,
     Candidate,
     QueueSummary,
@@ -45,6 +44,7 @@ from shared.scheduling import (
     choose,
     decayed,
     describe,
+    leader_key,
     live_workers,
     retire_worker,
     summary_key,
@@ -73,6 +73,27 @@ class PassReport:
     dispatched: dict[str, int]  # queue -> messages sent
 
 
+# The tenants with held jobs in a queue, one index probe each (a loose scan of ix_jobs_held): the
+# scheduler's cost follows the tenants waiting, not the jobs queued or the tenants that exist.
+TENANTS_WITH_HELD = text(
+    """
+    WITH RECURSIVE waiting(tenant_id) AS (
+        SELECT (SELECT tenant_id FROM jobs WHERE status = 'queued' AND published_at IS NULL
+                AND queue = :queue ORDER BY tenant_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.tenant_id FROM jobs j WHERE j.status = 'queued' AND j.published_at IS NULL
+                AND j.queue = :queue AND j.tenant_id > waiting.tenant_id ORDER BY j.tenant_id LIMIT 1)
+        FROM waiting WHERE waiting.tenant_id IS NOT NULL
+    )
+    SELECT tenant_id FROM waiting WHERE tenant_id IS NOT NULL
+    """
+).columns(tenant_id=Uuid)
+
+
+def tenants_with_held(session: Session, queue: str) -> list[uuid.UUID]:
+    return list(session.scalars(TENANTS_WITH_HELD, {"queue": queue}))
+
+
 class Scheduler:
     """One scheduler's connections and one pass over its queues."""
 
@@ -95,7 +116,9 @@ class Scheduler:
         with self.sessions() as session:
             out = self._counts(session, DISPATCHED)
             running = self._counts(session, Job.status.in_([JobStatus.running, JobStatus.canceling]))
-            tenants = self._tenants(session, now, out)
+            waiting = {queue: tenants_with_held(session, queue) for queue in self.queues}
+            involved = {t for ids in waiting.values() for t in ids} | {t for _, t in [*out, *running]}
+            tenants = self._tenants(session, now, involved, out)
             expected = self._expected_seconds(session)
             plans: list[list[Candidate]] = []
             for queue in self.queues:
@@ -104,12 +127,13 @@ class Scheduler:
                 queue_out = sum(n for (q, _), n in out.items() if q == queue)
                 free = window - queue_out - sum(n for (q, _), n in running.items() if q == queue)
                 picks: list[Candidate] = []
+                contenders = [tenants[t] for t in waiting[queue] if t in tenants]
                 if free > 0:
-                    for tenant in tenants.values():
+                    for tenant in contenders:
                         tenant.candidates = deque(self._heads(session, queue, tenant.tenant_id, free))
-                    picks = choose(free, list(tenants.values()), expected)
+                    picks = choose(free, contenders, expected)
                 if clock - self._summary_at.get(queue, 0.0) >= SUMMARY_EVERY_SECONDS:
-                    self._write_summary(session, queue, workers, window, queue_out, tenants, expected)
+                    self._write_summary(session, queue, workers, window, queue_out, contenders, expected)
                     self._summary_at[queue] = clock
                 plans.append(picks)
             session.commit()
@@ -124,12 +148,16 @@ class Scheduler:
     # -- reads -------------------------------------------------------------------------------------
 
     def _tenants(
-        self, session: Session, now: dt.datetime, out: dict[tuple[str, uuid.UUID], int]
+        self,
+        session: Session,
+        now: dt.datetime,
+        ids: set[uuid.UUID],
+        out: dict[tuple[str, uuid.UUID], int],
     ) -> dict[uuid.UUID, TenantLoad]:
-        """Every tenant's weight, limits and usage: decayed past worker time plus its running jobs' time
-        so far (a long job counts toward its tenant's share from the moment it starts)."""
+        """The weight, limits and usage of the tenants with queued or running work: decayed past worker
+        time plus its running jobs' time so far (a long job counts from the moment it starts)."""
         half_life = self.settings.fair_share_half_life_seconds
-        rows = session.execute(select(Tenant)).scalars().all()
+        rows = session.execute(select(Tenant).where(Tenant.id.in_(ids))).scalars().all() if ids else []
         tenants = {
             t.id: TenantLoad(
                 tenant_id=t.id,
@@ -203,11 +231,11 @@ class Scheduler:
         workers: int,
         window: int,
         out: int,
-        tenants: dict[uuid.UUID, TenantLoad],
+        tenants: list[TenantLoad],
         expected: dict[str, float],
     ) -> None:
         held: dict[str, int] = {}
-        for tenant_id in tenants:
+        for tenant_id in (t.tenant_id for t in tenants):
             capped = (
                 select(Job.id)
                 .where(HELD, Job.queue == queue, Job.tenant_id == tenant_id)
@@ -222,8 +250,8 @@ class Scheduler:
             window=window,
             dispatched=out,
             held=held,
-            weights={str(t.tenant_id): t.weight for t in tenants.values() if str(t.tenant_id) in held},
-            waiting_for={str(t.tenant_id): t.waiting_for for t in tenants.values() if t.waiting_for},
+            weights={str(t.tenant_id): t.weight for t in tenants if str(t.tenant_id) in held},
+            waiting_for={str(t.tenant_id): t.waiting_for for t in tenants if t.waiting_for},
             expected_seconds=expected,
         )
         try:
@@ -252,7 +280,10 @@ class SchedulerThread:
         self.worker_queues = list(queues or self.scheduler.queues)
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lock = self.scheduler.redis.lock(
-            LEADER_KEY, timeout=settings.scheduler_lease_seconds, blocking=False, thread_local=False
+            leader_key(self.scheduler.queues),
+            timeout=settings.scheduler_lease_seconds,
+            blocking=False,
+            thread_local=False,
         )
         self.leading = False
         self._stopped = threading.Event()

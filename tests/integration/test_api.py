@@ -1,4 +1,5 @@
-"""The API on real Postgres, Redis and moto's S3 server: messages really land in the Redis queues."""
+"""The API on real Postgres, Redis and moto's S3 server: jobs are held in SQL, the scheduler is woken over
+Redis, and the scheduler's messages really land in the Redis queues."""
 
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ from api.app import create_app
 from shared.db import session_factory
 from shared.models import Artifact, Batch, Job, JobStatus, utcnow
 from shared.settings import Settings
+from shared.scheduling import WAKE_CHANNEL
 from shared.storage import S3Store, job_key
 from tests.conftest import free_port
 from tests.unit.api.bad_inputs import check_all
 from tests.unit.api.conftest import Tenant, add_model, make_tenant
 from tests.unit.api.test_models_datasets import png, zip_of
+from worker.scheduler import Scheduler
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -80,9 +83,20 @@ def queued_messages(broker: redis.Redis, queue: str) -> dict[str, dict]:
     return found
 
 
-def test_submit_commits_then_publishes_to_redis(
+def run_scheduler_pass(settings: Settings) -> dict[str, int]:
+    """One pass of the scheduler, here, with no worker announced (a window of one message per queue)."""
+    scheduler = Scheduler(settings)
+    try:
+        return scheduler.run_pass().dispatched
+    finally:
+        scheduler.close()
+
+
+def test_submit_holds_the_job_wakes_the_scheduler_which_sends_it(
     client: FlaskClient, tenant: Tenant, session: Session, broker: redis.Redis, service_settings: Settings
 ) -> None:
+    wakes = broker.pubsub(ignore_subscribe_messages=True)
+    wakes.subscribe(WAKE_CHANNEL)
     train = client.post(
         "/v1/jobs", json={"kind": "train", "params": {"family": "cnn"}}, headers=tenant.headers
     )
@@ -90,6 +104,22 @@ def test_submit_commits_then_publishes_to_redis(
     generate = {"kind": "generate", "params": {"model_id": str(model.id), "count": 3}, "priority": 8}
     sample = client.post("/v1/jobs", json=generate, headers=tenant.headers)
     assert (train.status_code, sample.status_code) == (202, 202)
+    assert queued_messages(broker, service_settings.train_queue) == {}  # held: the API sends nothing
+    woken, deadline = [], time.monotonic() + 5
+    while len(woken) < 2 and time.monotonic() < deadline:
+        message = wakes.get_message(timeout=0.5)  # None for the subscription's own confirmation
+        if message:
+            woken.append(message["data"])
+    wakes.close()
+    assert woken == [
+        service_settings.train_queue.encode(),
+        service_settings.sample_queue.encode(),
+    ]
+
+    assert run_scheduler_pass(service_settings) == {
+        service_settings.train_queue: 1,
+        service_settings.sample_queue: 1,
+    }
     trains = queued_messages(broker, service_settings.train_queue)
     samples = queued_messages(broker, service_settings.sample_queue)
     assert list(trains) == [train.json["id"]] and list(samples) == [sample.json["id"]]
@@ -120,12 +150,13 @@ def test_concurrent_requests_with_one_idempotency_key_make_one_job(
         thread.join(timeout=60)
     assert sorted(status for status, _ in results) == [200] * 5 + [202]
     assert len({job_id for _, job_id in results}) == 1
+    run_scheduler_pass(service_settings)
     assert list(queued_messages(broker, service_settings.train_queue)) == [results[0][1]]
     count = session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant.id))
     assert count == 1
 
 
-def test_a_broker_outage_leaves_the_job_queued_for_the_sweeper(
+def test_a_broker_outage_leaves_the_job_held_for_the_scheduler(
     service_settings: Settings, tenant: Tenant, session: Session
 ) -> None:
     down = service_settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
@@ -142,7 +173,7 @@ def test_a_broker_outage_leaves_the_job_queued_for_the_sweeper(
     assert elapsed < 15
 
 
-def test_a_10000_item_batch_is_one_insert_and_one_producer(
+def test_a_10000_item_batch_is_one_insert_and_the_broker_holds_only_the_window(
     client: FlaskClient, tenant: Tenant, session: Session, broker: redis.Redis, service_settings: Settings
 ) -> None:
     model = add_model(session, tenant.id, "gan")
@@ -158,11 +189,15 @@ def test_a_10000_item_batch_is_one_insert_and_one_producer(
     assert response.status_code == 202, response.json
     batch_id = uuid.UUID(response.json["id"])
     assert len(response.json["job_ids"]) == 10_000
-    assert set(queued_messages(broker, service_settings.sample_queue)) == set(response.json["job_ids"])
+    assert run_scheduler_pass(service_settings) == {service_settings.sample_queue: 1}
+    assert run_scheduler_pass(service_settings) == {}  # the window is full until a worker starts one
+    sent = queued_messages(broker, service_settings.sample_queue)
+    print(f"broker queue length with 10,000 held: {len(sent)} (window: 1, no worker announced)")
+    assert list(sent) == response.json["job_ids"][:1]
     unpublished = (
         select(func.count()).select_from(Job).where(Job.batch_id == batch_id, Job.published_at.is_(None))
     )
-    assert session.scalar(unpublished) == 0
+    assert session.scalar(unpublished) == 9_999
     view = client.get(f"/v1/batches/{batch_id}", headers=tenant.headers).json
     assert view["total"] == 10_000 and view["counts"]["queued"] == 10_000
     canceled = client.post(f"/v1/batches/{batch_id}/cancel", headers=tenant.headers).json
