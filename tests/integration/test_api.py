@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 from api.app import create_app
 from shared.db import session_factory
 from shared.models import Artifact, Batch, Job, JobStatus, utcnow
-from shared.settings import Settings
 from shared.scheduling import WAKE_CHANNEL
+from shared.settings import Settings
 from shared.storage import S3Store, job_key
 from tests.conftest import free_port
 from tests.unit.api.bad_inputs import check_all
