@@ -183,7 +183,52 @@ def cmd_gc(args: argparse.Namespace, out: TextIO) -> int:
     return 1 if report.failed else 0
 
 
+def _limit_value(text: str | None, kind: type) -> object:
+    """A limit from the command line: a number, or "none" to remove the limit."""
+    if text is None or text.lower() in ("none", "off", "unlimited"):
+        return None
+    if kind is str:
+        return text
+    try:
+        return kind(text)
+    except ValueError:
+        raise CommandError(f"{text!r} is not a number (or 'none' to remove the limit)") from None
+
+
+LIMIT_OPTIONS = {  # option -> (tenant column, type)
+    "weight": ("weight", float),
+    "max_queued": ("max_queued_jobs", int),
+    "max_running": ("max_running_jobs", int),
+    "gpu_seconds_per_day": ("gpu_seconds_per_day", float),
+    "rate_limit": ("rate_limit", str),
+}
+
+
+def cmd_limits(args: argparse.Namespace, out: TextIO) -> int:
+    """Show a tenant's limits and today's use; with options, change them first (shared/usage.py)."""
+    import json
+
+    from shared.usage import set_limits, usage_view
+
+    changes = {
+        column: _limit_value(getattr(args, option), kind)
+        for option, (column, kind) in LIMIT_OPTIONS.items()
+        if getattr(args, option) is not None
+    }
+    with _session(settings_for(args)) as session:
+        tenant = named_tenant(session, args.tenant)
+        if changes:
+            try:
+                set_limits(session, tenant, **changes)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+            session.commit()
+        out.write(json.dumps({"tenant": tenant.name, **usage_view(session, tenant)}, indent=2) + "\n")
+    return 0
+
+
 ADMIN_COMMANDS = {
+    "limits": cmd_limits,
     "webhook-secret": cmd_webhook_secret,
     "create-tenant": cmd_create_tenant,
     "create-key": cmd_create_key,

@@ -65,6 +65,22 @@ ENDED: dict[str, Callable[[Mapping[str, Any]], bool]] = {
 }
 
 
+RATE_LIMIT_RETRIES = 3
+RATE_LIMIT_MAX_PAUSE_SECONDS = 30.0
+
+
+def _rate_limited_for(response: requests.Response) -> float | None:
+    """Seconds to wait when the API refused the request for the key's rate limit; None otherwise."""
+    if response.status_code != 429:
+        return None
+    try:
+        if response.json()["error"]["code"] != "rate_limited":
+            return None
+        return min(RATE_LIMIT_MAX_PAUSE_SECONDS, max(0.1, float(response.headers.get("Retry-After", 1))))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _error_from_response(response: requests.Response) -> ApiError:
     try:
         body = response.json()
@@ -110,14 +126,20 @@ class GenqClient:
             headers["Authorization"] = f"Bearer {self.api_key}"
         url = f"{self.base_url}{path}"
         timeout = kwargs.pop("timeout", self.timeout)
-        try:
-            response = self.http.request(method, url, headers=headers, timeout=timeout, **kwargs)
-        except requests.ConnectionError as exc:
-            raise ApiError(
-                0, "unreachable", f"cannot reach the genq API at {self.base_url} (is it running?)"
-            ) from exc
-        except requests.Timeout as exc:
-            raise ApiError(0, "timeout", f"{method} {url} took longer than {timeout:g}s") from exc
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            try:
+                response = self.http.request(method, url, headers=headers, timeout=timeout, **kwargs)
+            except requests.ConnectionError as exc:
+                raise ApiError(
+                    0, "unreachable", f"cannot reach the genq API at {self.base_url} (is it running?)"
+                ) from exc
+            except requests.Timeout as exc:
+                raise ApiError(0, "timeout", f"{method} {url} took longer than {timeout:g}s") from exc
+            # Over the key's request rate: wait as told and ask again (a quota's 429 is the caller's).
+            pause = _rate_limited_for(response)
+            if pause is None or attempt == RATE_LIMIT_RETRIES:
+                break
+            time.sleep(pause)
         if response.status_code >= 400:
             raise _error_from_response(response)
         if not response.content:
@@ -131,6 +153,10 @@ class GenqClient:
 
     def ready(self) -> dict[str, Any]:
         return self.request("GET", "/readyz", auth=False)
+
+    def usage(self) -> dict[str, Any]:
+        """Queued and running jobs, worker seconds used today, the tenant's limits."""
+        return self.request("GET", "/v1/usage")
 
     # -- jobs and batches ------------------------------------------------------------------------------
 

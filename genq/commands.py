@@ -263,11 +263,6 @@ def wait_for(
     return code
 
 
-def wait_for_job(client: GenqClient, job_id: str, out: TextIO, **options: Any) -> int:
-    """`wait_for` a job."""
-    return wait_for(client, "job", job_id, out, **options)
-
-
 def cmd_wait(args: argparse.Namespace, client: GenqClient, out: TextIO) -> int:
     what, _ = client.get_job_or_batch(args.id)
     return wait_for(
@@ -346,6 +341,25 @@ def cmd_jobs(args: argparse.Namespace, client: GenqClient, out: TextIO) -> int:
         )
     if page.get("next_cursor"):
         out.write(f"(more: --cursor {page['next_cursor']})\n")
+    return EXIT_OK
+
+
+def cmd_usage(args: argparse.Namespace, client: GenqClient, out: TextIO) -> int:
+    usage = client.usage()
+    if args.json:
+        print_json(usage, out)
+        return EXIT_OK
+    limits = usage.get("limits", {})
+    quota = limits.get("gpu_seconds_per_day")
+    out.write(f"queued {usage.get('queued')}  running {usage.get('running')}")
+    out.write(
+        f"  worker seconds today {usage.get('gpu_seconds_today')}" + (f" of {quota:g}" if quota else "")
+    )
+    out.write("\n")
+    shown = {k: v for k, v in limits.items() if v is not None}
+    out.write("limits: " + ", ".join(f"{k} {v}" for k, v in shown.items()) + "\n")
+    if usage.get("waiting_for"):
+        out.write(f"your queued jobs wait for: {usage['waiting_for']}\n")
     return EXIT_OK
 
 

@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--limit", type=int, default=20)
     jobs.add_argument("--cursor", help="the next page (printed after a full page)")
     jobs.add_argument("--json", action="store_true")
+    usage = sub.add_parser(
+        "usage", help="your queued and running jobs, worker time today, limits", parents=[common]
+    )
+    usage.add_argument("--json", action="store_true")
     models = sub.add_parser("models", help="list trained models, or show one", parents=[common])
     models.add_argument("id", nargs="?", help="model id")
     models.add_argument("--json", action="store_true")
@@ -203,6 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     secret.add_argument("tenant", help="tenant name or id")
     secret.add_argument("--rotate", action="store_true", help="replace it (the old one signs for a day)")
+    limits = admin_sub.add_parser(
+        "limits",
+        help="show a tenant's share weight, quotas and request limit, and today's use; options change them",
+        parents=[common],
+    )
+    limits.add_argument("tenant", help="tenant name or id")
+    limits.add_argument("--weight", help="share of worker time against other tenants (default 1)")
+    limits.add_argument(
+        "--max-queued", help="queued jobs at most; submits past it get 429 ('none': no limit)"
+    )
+    limits.add_argument("--max-running", help="jobs running at once ('none': no limit)")
+    limits.add_argument("--gpu-seconds-per-day", help="worker seconds per UTC day, then jobs wait ('none')")
+    limits.add_argument("--rate-limit", help="requests per API key, e.g. '20/second;600/minute' ('none')")
     gc = admin_sub.add_parser(
         "gc",
         help="delete finished jobs' objects no row references (failed/canceled outputs, checkpoints, "
@@ -298,6 +315,7 @@ def run_command(args: argparse.Namespace) -> int:
         "cancel": commands.cmd_cancel,
         "download": commands.cmd_download,
         "jobs": commands.cmd_jobs,
+        "usage": commands.cmd_usage,
         "models": commands.cmd_models,
         "datasets": commands.cmd_datasets,
     }

@@ -69,7 +69,12 @@ def authenticate(session: Session, plaintext: str) -> ApiKey | None:
     """
     if not plaintext.startswith(KEY_PREFIX) or len(plaintext) > 200:
         return None
-    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(plaintext)))
+    return live_key(session, hash_key(plaintext))
+
+
+def live_key(session: Session, key_hash: str) -> ApiKey | None:
+    """The unrevoked key with this sha256, or None (for callers that hashed the key already)."""
+    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
     if key is None or key.revoked_at is not None:
         return None
     return key

@@ -18,7 +18,7 @@ import redis
 import requests
 
 from genq.client import GenqClient
-from genq.commands import download_job, wait_for_job
+from genq.commands import download_job, wait_for
 from genq.progress import ProgressBar
 from genq.state import pid_alive, read_key, read_state
 from tests.conftest import ROOT, free_port
@@ -106,7 +106,7 @@ def test_up_runs_a_job_stops_cleanly_and_keeps_everything(embedded: Embedded, tm
     assert key and (embedded.data_dir / "api-key").stat().st_mode & 0o777 == 0o600
     client = GenqClient(embedded.url, key)
     job_id = client.submit_job("train", TINY_TRAIN)["id"]
-    assert wait_for_job(client, job_id, io.StringIO(), timeout=90, bar=ProgressBar(io.StringIO())) == 0
+    assert wait_for(client, "job", job_id, io.StringIO(), timeout=90, bar=ProgressBar(io.StringIO())) == 0
     broker = redis.Redis(port=embedded.broker_port)
     broker.set("genq-test-marker", "kept")
     broker.close()

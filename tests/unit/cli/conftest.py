@@ -44,6 +44,7 @@ def live_api(tmp_path: Path) -> Iterator[LiveApi]:
         data_dir=tmp_path / "data",
         broker_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens: no broker in unit tests
         public_base_url=f"http://127.0.0.1:{port}",
+        rate_limit_storage_url="memory://",  # request limits counted in this process
     )
     settings.data_dir.mkdir(parents=True)
     engine = make_engine(settings.sql_url)
