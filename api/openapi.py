@@ -1,203 +1,181 @@
-"""The OpenAPI 3.1 document, generated: a route table below plus the JSON schemas of the same pydantic
-specs that validate requests (shared/specs.py) and of the response shapes (api/schemas.py)."""
+"""The OpenAPI 3.1 document, derived from the routes by spectree: each view declares its query and header
+models, its body spec (shared/specs.py) and its response models (api/schemas.py) with `operation`, and the
+document is what those declarations say, path by path.
+
+The plugin below reads requests genq's way: query parameters and headers with the declared models (a 400
+naming the parameter, as ever), bodies with the strict JSON reader (api/validation.json_body) and left to
+the route to validate, since it names fields per kind (`params.options.epochs`, `items.1.params.count`).
+Responses are checked against their models where `app.config["GENQ_CHECK_RESPONSES"]` is set (tests).
+"""
 
 from __future__ import annotations
 
+import copy
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
+from flask import Flask, current_app, request
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
+from spectree import Response, SecurityScheme, SpecTree
+from spectree.models import SecuritySchemeData, Server
+from spectree.plugins.base import Context
+from spectree.plugins.flask_plugin import FlaskPlugin
 
 from api import schemas as s
 from api.errors import HTTP_CODES
-from api.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from shared.models import JobStatus
-from shared.specs import FAMILY_OPTIONS, PARAMS_BY_KIND, BatchSubmission, Family, JobKind, JobSubmission
+from api.validation import json_body, parameters
+from shared.specs import FAMILY_OPTIONS, PARAMS_BY_KIND
 
+F = TypeVar("F", bound=Callable[..., Any])
+M = TypeVar("M", bound=BaseModel)
 REF = "#/components/schemas/{model}"
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    where: str  # "query" | "header"
-    schema: dict[str, Any]
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class Operation:
-    method: str
-    path: str  # OpenAPI form: /v1/jobs/{job_id}
-    summary: str
-    response: type[BaseModel] | dict[str, Any]  # a response model, or raw OpenAPI content
-    status: int = 200
-    body: type[BaseModel] | None = None
-    multipart: bool = False
-    params: tuple[Param, ...] = ()
-    errors: tuple[int, ...] = ()
-    auth: bool = True
-    extra_statuses: tuple[int, ...] = ()  # other success codes with the same body
-
-
-def _csv(values: list[str]) -> dict[str, Any]:
-    return {"type": "string", "description": f"comma-separated: {', '.join(values)}"}
-
-
-PAGING = (
-    Param(
-        "limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}
-    ),
-    Param("cursor", "query", {"type": "string"}, "next_cursor of the previous page"),
-)
-IDEMPOTENCY = Param(
-    "Idempotency-Key",
-    "header",
-    {"type": "string", "maxLength": 200},
-    "repeat a request safely: same key and body",
-)
-SIGNED = (
-    Param("expires", "query", {"type": "integer"}, "unix time the URL expires"),
-    Param("signature", "query", {"type": "string"}),
-    Param("filename", "query", {"type": "string"}, "download name"),
-)
-LONG_POLL = (
-    Param("wait", "query", {"type": "integer", "minimum": 0, "maximum": 60, "default": 0},
-          "answer at the next change, or after this many seconds"),
-    Param("If-None-Match", "header", {"type": "string"},
-          "the ETag of the copy you hold: 304 while it is current; with wait, waits while it is current"),
-)  # fmt: skip
-BAD = (400, 401, 404, 415, 422)
 FILE = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 DOCUMENT = {"application/json": {"schema": {"type": "object"}}}
-
-READ = (401, 404)
-LIST = (400, 401)
-ROUTES: tuple[Operation, ...] = (
-    Operation("post", "/v1/jobs", "Submit a job", s.JobView, 202, JobSubmission,
-              params=(IDEMPOTENCY,), errors=(*BAD, 409), extra_statuses=(200,)),
-    Operation("get", "/v1/jobs", "List jobs, newest first", s.JobList, params=(
-        Param("status", "query", _csv([x.value for x in JobStatus])),
-        Param("kind", "query", _csv([x.value for x in JobKind])),
-        Param("batch", "query", {"type": "string", "format": "uuid"}),
-        *PAGING), errors=LIST),
-    Operation("get", "/v1/jobs/{job_id}", "Read a job: status, progress, artifacts", s.JobView,
-              params=LONG_POLL, errors=(400, *READ), extra_statuses=(304,)),
-    Operation("post", "/v1/jobs/{job_id}/cancel", "Cancel a job (idempotent)", s.JobView, errors=READ),
-    Operation("post", "/v1/batches", "Submit up to 10,000 jobs", s.BatchCreated, 202, BatchSubmission,
-              params=(IDEMPOTENCY,), errors=(*BAD, 409), extra_statuses=(200,)),
-    Operation("get", "/v1/batches/{batch_id}", "Read a batch: jobs per status", s.BatchView,
-              params=LONG_POLL, errors=(400, *READ), extra_statuses=(304,)),
-    Operation("post", "/v1/batches/{batch_id}/cancel", "Cancel a batch", s.BatchView, errors=READ),
-    Operation("get", "/v1/models", "List trained models, newest first", s.ModelList, params=(
-        Param("family", "query", _csv([x.value for x in Family])),
-        Param("name", "query", {"type": "string"}),
-        *PAGING), errors=LIST),
-    Operation("get", "/v1/models/{model_id}", "Read a model", s.ModelView, errors=READ),
-    Operation("post", "/v1/datasets", "Upload a data set", s.DatasetView, 201, s.DatasetUpload,
-              multipart=True, errors=(401, 413, 415, 422)),
-    Operation("get", "/v1/datasets", "List data sets", s.DatasetList, params=PAGING, errors=LIST),
-    Operation("get", "/v1/datasets/{dataset_id}", "Read a data set", s.DatasetView, errors=READ),
-    Operation("get", "/v1/objects/{key}", "Download through a signed URL (local storage)", FILE,
-              params=SIGNED, errors=(403, 404), auth=False),
-    Operation("get", "/healthz", "Liveness", s.Health, auth=False),
-    Operation("get", "/readyz", "Readiness: database, broker, storage", s.Readiness, auth=False,
-              extra_statuses=(503,)),
-    Operation("get", "/v1/openapi.json", "This document", DOCUMENT, auth=False),
-    Operation("get", "/v1/webhooks/deliveries", "Webhook deliveries and their attempts, newest first",
-              s.WebhookDeliveryList, params=(
-        Param("status", "query", _csv(["pending", "succeeded", "failed"])),
-        Param("job", "query", {"type": "string", "format": "uuid"}),
-        Param("batch", "query", {"type": "string", "format": "uuid"}),
-        *PAGING), errors=LIST),
-    Operation("post", "/v1/webhooks/deliveries/{delivery_id}/resend", "Send a delivery again (same id)",
-              s.WebhookDeliveryView, 202, errors=READ),
-    Operation("get", "/v1/usage", "Your queued and running jobs, worker time today, and your limits",
-              s.UsageView, errors=(401,)),
-    Operation("get", "/metrics", "Prometheus metrics: send the operator token (GENQ_METRICS_TOKEN)",
-              {"text/plain": {"schema": {"type": "string"}}}, errors=(401, 403, 404)),
-)  # fmt: skip
-
-RESPONSES = [s.ErrorResponse, *{op.response for op in ROUTES if not isinstance(op.response, dict)}]
-REQUESTS = [*PARAMS_BY_KIND.values(), *FAMILY_OPTIONS.values(), *{op.body for op in ROUTES if op.body}]
+TEXT = {"text/plain": {"schema": {"type": "string"}}}
 
 
-def _ref(model: type[BaseModel]) -> dict[str, str]:
-    return {"$ref": REF.format(model=model.__name__)}
+class GenqPlugin(FlaskPlugin):
+    def request_validation(self, request, query, json, form, headers, cookies) -> None:  # type: ignore[no-untyped-def]
+        body = json_body() if json is not None else None  # 415/400 first, as before the library
+        request.context = Context(
+            parameters(query, request.args.to_dict(), "invalid_parameter") if query else None,
+            body,
+            None,  # multipart uploads are read by their route (415, 413, file and name checks)
+            parameters(headers, _first_values(request.headers), "invalid_header") if headers else None,
+            None,
+        )
+
+    def validate_response(self, resp, resp_model, skip_validation, force_resp_serialize):  # type: ignore[no-untyped-def]
+        response = current_app.make_response(resp)
+        model = resp_model.find_model(response.status_code) if resp_model else None
+        if model is not None and current_app.config.get("GENQ_CHECK_RESPONSES"):
+            model.model_validate_json(response.get_data())  # raises: the view and its model disagree
+        return response, None
+
+    def find_routes(self):  # type: ignore[no-untyped-def]
+        return self.get_current_app().url_map.iter_rules()  # the document's own route too
+
+    def get_func_operation_id(self, func: Callable[..., Any], path: str, method: str) -> str:
+        return method.lower() + re.sub(r"[^a-z0-9]+", "_", path.lower()).rstrip("_")
 
 
-def _components() -> dict[str, Any]:
-    _, defs = models_json_schema([(m, "validation") for m in [*RESPONSES, *REQUESTS]], ref_template=REF)
-    schemas = defs["$defs"]
-    # params and options are validated per kind / family: say which schemas they follow.
+def _first_values(headers: Any) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for name, value in headers.items():
+        values.setdefault(name, value)
+    return values
+
+
+docs = SpecTree(
+    backend=GenqPlugin,
+    mode="strict",  # the JSON API only: the dashboard's pages are not in it
+    annotations=False,
+    title="genq",
+    version="1.0.0",
+    description="Train and sample CNN, GAN and VAE image models as queued jobs.",
+    servers=[Server(url="/")],
+    security_schemes=[
+        SecurityScheme(
+            name="bearer",
+            data=SecuritySchemeData(type="http", scheme="bearer", description="a genq API key"),
+        )
+    ],
+    security={"bearer": []},
+    naming_strategy=lambda model: model.__name__,
+    nested_naming_strategy=lambda _parent, child: child,
+    validation_error_model=s.ErrorResponse,
+)
+
+
+def operation(
+    ok: dict[int, Any],
+    errors: tuple[int, ...] = (),
+    *,
+    query: type[BaseModel] | None = None,
+    headers: type[BaseModel] | None = None,
+    body: type[BaseModel] | None = None,
+    form: type[BaseModel] | None = None,
+    public: bool = False,
+    content: dict[str, Any] | None = None,
+) -> Callable[[F], F]:
+    """Declare a route: its success answers (status: model, (model, description) or None for no body),
+    its error statuses (all `ErrorResponse`), what it reads, and whether it needs an API key. Every
+    authenticated request counts against its key's rate limit (429); `content` is a non-JSON 200."""
+    codes: dict[str, Any] = {f"HTTP_{status}": model for status, model in ok.items()}
+    for status in sorted({*errors, 405, 500, *(() if public else (429,))}):
+        codes[f"HTTP_{status}"] = (s.ErrorResponse, HTTP_CODES.get(status, "internal_error"))
+    validate = docs.validate(
+        query=query,
+        headers=headers,
+        json=body,
+        form=form,
+        resp=Response(**codes),
+        security=[] if public else None,
+        # The library documents its validation status on every operation; ours are already listed.
+        validation_error_status=400 if 400 in errors else 500,
+    )
+
+    def decorate(view: F) -> F:
+        validated = validate(view)
+        validated.genq_content = content  # type: ignore[attr-defined]
+        return validated  # type: ignore[no-any-return]
+
+    return decorate
+
+
+def document(app: Flask, endpoint: str, declaration: Callable[[F], F]) -> None:
+    """Declare a route another module registered (`metrics.metrics`)."""
+    app.view_functions[endpoint] = declaration(app.view_functions[endpoint])
+
+
+def query_of(model: type[M]) -> M:
+    """The request's query parameters, read with the route's declared model."""
+    value = request.context.query  # type: ignore[attr-defined]
+    assert isinstance(value, model)
+    return value
+
+
+def headers_of(model: type[M]) -> M:
+    value = request.context.headers  # type: ignore[attr-defined]
+    assert isinstance(value, model)
+    return value
+
+
+def body() -> dict[str, Any]:
+    """The request's JSON object (strictly read); the route validates it with its spec."""
+    value = request.context.json  # type: ignore[attr-defined]
+    assert isinstance(value, dict)
+    return value
+
+
+def _per_kind(schemas: dict[str, Any]) -> None:
+    """params and options are validated per kind / family: say which schemas they follow."""
+    models = [*PARAMS_BY_KIND.values(), *FAMILY_OPTIONS.values()]
+    _, defs = models_json_schema([(m, "validation") for m in models], ref_template=REF)
+    schemas.update(defs["$defs"])
     params = schemas["JobSubmission"]["properties"]["params"]
-    params["oneOf"] = [_ref(m) for m in PARAMS_BY_KIND.values()]
+    params["oneOf"] = [{"$ref": REF.format(model=m.__name__)} for m in PARAMS_BY_KIND.values()]
     params["description"] = "by kind: " + ", ".join(
         f"{k.value}: {m.__name__}" for k, m in PARAMS_BY_KIND.items()
     )
     options = schemas["TrainParams"]["properties"]["options"]
-    options["oneOf"] = [_ref(m) for m in FAMILY_OPTIONS.values()]
-    return schemas
-
-
-def _operation(op: Operation) -> dict[str, Any]:
-    path_params = [part[1:-1] for part in op.path.split("/") if part.startswith("{")]
-    params = [
-        {"name": n, "in": "path", "required": True, "schema": {"type": "string"} if n == "key" else
-         {"type": "string", "format": "uuid"}} for n in path_params
-    ] + [{"name": p.name, "in": p.where, "required": False, "schema": p.schema, "description": p.description}
-         for p in op.params]  # fmt: skip
-    if isinstance(op.response, dict):
-        content = op.response
-    else:
-        content = {"application/json": {"schema": _ref(op.response)}}
-    responses: dict[str, Any] = {str(op.status): {"description": op.summary, "content": content}}
-    for status in op.extra_statuses:
-        if status == 304:  # no body: the client's copy (its If-None-Match) is current
-            responses["304"] = {"description": "not modified"}
-            continue
-        meaning = {200: "idempotent replay: the existing resource", 503: "not ready"}.get(status, "")
-        responses[str(status)] = {"description": meaning, "content": content}
-    error = {"application/json": {"schema": _ref(s.ErrorResponse)}}
-    # Every authenticated request counts against its key's rate limit; submits also against quotas.
-    for status in sorted({*op.errors, 405, 500, *((429,) if op.auth else ())}):
-        responses[str(status)] = {"description": HTTP_CODES.get(status, "internal_error"), "content": error}
-    operation: dict[str, Any] = {
-        "summary": op.summary,
-        "operationId": op.method + re.sub(r"[^a-z0-9]+", "_", op.path.lower()).rstrip("_"),
-        "parameters": params,
-        "responses": responses,
-    }
-    if op.body is not None:
-        media = "multipart/form-data" if op.multipart else "application/json"
-        operation["requestBody"] = {"required": True, "content": {media: {"schema": _ref(op.body)}}}
-    if not op.auth:
-        operation["security"] = []
-    return operation
+    options["oneOf"] = [{"$ref": REF.format(model=m.__name__)} for m in FAMILY_OPTIONS.values()]
 
 
 @cache
 def build_spec() -> dict[str, Any]:
-    paths: dict[str, dict[str, Any]] = {}
-    for op in ROUTES:
-        paths.setdefault(op.path, {})[op.method] = _operation(op)
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "genq",
-            "version": "1.0.0",
-            "description": "Train and sample CNN, GAN and VAE image models as queued jobs.",
-        },
-        "servers": [{"url": "/"}],
-        "security": [{"bearer": []}],
-        "paths": paths,
-        "components": {
-            "schemas": _components(),
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "a genq API key"}
-            },
-        },
-    }
+    """The document of the app's routes, built on the first request for it (every app made by
+    api.app.create_app has the same routes)."""
+    spec = copy.deepcopy(docs.spec)
+    spec.pop("tags", None)
+    app = current_app
+    for rule in app.url_map.iter_rules():
+        content = getattr(app.view_functions[rule.endpoint], "genq_content", None)
+        if content is not None:
+            path = docs.backend.parse_path(rule, None)[0]
+            spec["paths"][path]["get"]["responses"]["200"]["content"] = content
+    _per_kind(spec["components"]["schemas"])
+    return spec

@@ -17,7 +17,6 @@ from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute
 
 from api.errors import field_error
-from api.validation import query_int
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -55,10 +54,6 @@ def page_query(
         after_time, after_id = decode_cursor(cursor)
         query = query.where(or_(created_at < after_time, and_(created_at == after_time, row_id < after_id)))
     return query.order_by(created_at.desc(), row_id.desc()).limit(limit + 1)
-
-
-def page_limit() -> int:
-    return query_int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
 
 
 def page(rows: Sequence[T], limit: int) -> tuple[Sequence[T], str | None]:

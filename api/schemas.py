@@ -1,29 +1,114 @@
-"""Response shapes, for the OpenAPI document. The views in api/views.py build plain dicts with exactly
-these keys (a test checks that they agree); requests are validated by the specs in shared/specs.py."""
+"""The models each route declares (api/openapi.py): its query parameters and headers, read with these
+models before the view runs, and its responses, which the views build as plain dicts with exactly these
+keys (tests/unit/api/test_response_models.py checks real answers against them). Bodies follow the specs
+in shared/specs.py."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.long_poll import MAX_WAIT_SECONDS
+from api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from api.validation import IdempotencyKey, Uuid, choices, integer, text
+from shared.models import JobStatus
+from shared.specs import Family, JobKind
+
+Limit = integer(1, MAX_LIMIT)
+CURSOR = Field(None, description="next_cursor of the previous page")
+DELIVERY_STATUSES = ["pending", "succeeded", "failed"]
 
 
-class ErrorDetail(BaseModel):
+def _absent_by_default(schema: dict[str, Any]) -> None:
+    for prop in schema.get("properties", {}).values():
+        if prop.get("default", "") is None:
+            del prop["default"]
+
+
+class Parameters(BaseModel):
+    """Query parameters or headers: all optional; an absent one is None, not a value to send."""
+
+    model_config = ConfigDict(json_schema_extra=_absent_by_default)
+
+
+class JobQuery(Parameters):
+    status: choices([s.value for s in JobStatus]) = None  # type: ignore[valid-type]
+    kind: choices([k.value for k in JobKind]) = None  # type: ignore[valid-type]
+    batch: Uuid = None
+    limit: Limit = DEFAULT_LIMIT
+    cursor: str = CURSOR
+
+
+class ModelQuery(Parameters):
+    family: choices([f.value for f in Family]) = None  # type: ignore[valid-type]
+    name: text(200) = None  # type: ignore[valid-type]
+    limit: Limit = DEFAULT_LIMIT
+    cursor: str = CURSOR
+
+
+class DeliveryQuery(Parameters):
+    status: choices(DELIVERY_STATUSES) = None  # type: ignore[valid-type]
+    job: Uuid = None
+    batch: Uuid = None
+    limit: Limit = DEFAULT_LIMIT
+    cursor: str = CURSOR
+
+
+class PageQuery(Parameters):
+    limit: Limit = DEFAULT_LIMIT
+    cursor: str = CURSOR
+
+
+class WaitQuery(Parameters):
+    wait: integer(0, MAX_WAIT_SECONDS, "answer at the next change, or after this many seconds") = 0  # type: ignore[valid-type]
+
+
+class ConditionalHeaders(Parameters):
+    if_none_match: str = Field(
+        None,
+        alias="If-None-Match",
+        description="the ETag of the copy you hold: 304 while it is current; with wait, waits while it is "
+        "current",
+    )
+
+
+class IdempotencyHeaders(Parameters):
+    idempotency_key: IdempotencyKey = Field(
+        None, alias="Idempotency-Key", description="repeat a request safely: same key and body"
+    )
+
+
+class SignedQuery(Parameters):
+    """Checked by the signature, not by type: a bad one is a 403."""
+
+    expires: str = Field(None, description="unix time the URL expires")
+    signature: str = None
+    filename: str = Field(None, description="download name")
+
+
+class View(BaseModel):
+    """A response: exactly these keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(View):
     field: str = Field(description="dotted path of the offending field, parameter or header")
     message: str
 
 
-class ErrorBody(BaseModel):
+class ErrorBody(View):
     code: str = Field(description="machine-readable, e.g. invalid_request, not_found, idempotency_conflict")
     message: str = Field(description="names the first offending field")
     details: list[ErrorDetail]
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(View):
     error: ErrorBody
 
 
-class Progress(BaseModel):
+class Progress(View):
     phase: str | None
     step: float | None
     total: float | None
@@ -32,12 +117,12 @@ class Progress(BaseModel):
     metrics: dict[str, Any]
 
 
-class JobError(BaseModel):
+class JobError(View):
     code: str
     message: str
 
 
-class ArtifactView(BaseModel):
+class ArtifactView(View):
     name: str = Field(description='"grid.png", "manifest.json", "shards/00000.tar", ...')
     content_type: str
     size: int
@@ -45,7 +130,7 @@ class ArtifactView(BaseModel):
     url: str = Field(description="download URL minted at read time; expires")
 
 
-class JobSummary(BaseModel):
+class JobSummary(View):
     id: str
     kind: str
     status: str = Field(description="queued, running, succeeded, failed, canceling or canceled")
@@ -79,12 +164,12 @@ class JobView(JobSummary):
     artifacts: list[ArtifactView]
 
 
-class JobList(BaseModel):
+class JobList(View):
     jobs: list[JobSummary]
     next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last")
 
 
-class BatchView(BaseModel):
+class BatchView(View):
     id: str
     total: int
     counts: dict[str, int] = Field(description="jobs per status")
@@ -99,7 +184,7 @@ class BatchCreated(BatchView):
     job_ids: list[str] = Field(description="in item order")
 
 
-class ModelView(BaseModel):
+class ModelView(View):
     id: str
     family: str
     name: str
@@ -122,12 +207,12 @@ class ModelView(BaseModel):
     created_at: str
 
 
-class ModelList(BaseModel):
+class ModelList(View):
     models: list[ModelView]
     next_cursor: str | None
 
 
-class DatasetView(BaseModel):
+class DatasetView(View):
     id: str
     name: str
     format: str
@@ -140,7 +225,7 @@ class DatasetView(BaseModel):
     created_at: str
 
 
-class DatasetList(BaseModel):
+class DatasetList(View):
     datasets: list[DatasetView]
     next_cursor: str | None
 
@@ -152,17 +237,17 @@ class DatasetUpload(BaseModel):
     name: str | None = Field(None, max_length=200, description="default: the file's name")
 
 
-class Health(BaseModel):
+class Health(View):
     status: str
 
 
-class Readiness(BaseModel):
+class Readiness(View):
     status: str
     checks: dict[str, str] = Field(description="database, broker, storage: ok, unavailable or timeout")
     failed: list[str]
 
 
-class WebhookAttemptView(BaseModel):
+class WebhookAttemptView(View):
     number: int
     started_at: str
     status_code: int | None = Field(description="null: no answer (refused, timeout, connection error)")
@@ -170,7 +255,7 @@ class WebhookAttemptView(BaseModel):
     error: str | None
 
 
-class WebhookDeliveryView(BaseModel):
+class WebhookDeliveryView(View):
     id: str = Field(description="the webhook-id header: the same on every attempt and resend")
     event: str = Field(description="job.started, job.progress, job.completed, batch.started, ...")
     job_id: str | None
@@ -185,12 +270,12 @@ class WebhookDeliveryView(BaseModel):
     attempts: list[WebhookAttemptView] = Field(description="oldest first")
 
 
-class WebhookDeliveryList(BaseModel):
+class WebhookDeliveryList(View):
     deliveries: list[WebhookDeliveryView]
     next_cursor: str | None
 
 
-class Limits(BaseModel):
+class Limits(View):
     weight: float = Field(description="share of worker time relative to other tenants (default 1)")
     max_queued_jobs: int | None = Field(description="submits past this get 429; null: no limit")
     max_running_jobs: int | None = Field(description="jobs running (or sent to a worker) at once")
@@ -198,7 +283,7 @@ class Limits(BaseModel):
     rate_limit: str | None = Field(description="requests per API key, e.g. 20/second; null: the default")
 
 
-class UsageView(BaseModel):
+class UsageView(View):
     tenant_id: str
     queued: int
     running: int

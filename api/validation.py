@@ -1,4 +1,5 @@
-"""Reading requests strictly: JSON bodies, pydantic specs, ids, query parameters and headers.
+"""Reading requests strictly: JSON bodies, pydantic specs, ids, and the types of query parameters and
+headers (their models are in api/schemas.py; api/openapi.py reads them with `parameters`).
 
 Every failure is an ApiError naming the field or parameter, so bad input never reaches SQL as a 500.
 """
@@ -8,10 +9,11 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, TypeVar
 
 from flask import request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, PlainValidator, ValidationError, WithJsonSchema
 
 from api.errors import ApiError, field_error, not_found, validation_error
 
@@ -82,51 +84,91 @@ def parse_id(value: str, what: str, field: str) -> uuid.UUID:
         raise not_found(what, repr(value)[:80], field) from None
 
 
+def _integer(text: str, low: int, high: int) -> int:
+    if not text.strip().isdigit() or len(text) > 9 or not low <= int(text) <= high:
+        raise ValueError(f"must be an integer from {low} to {high}")
+    return int(text)
+
+
+def _uuid(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise ValueError("must be a UUID") from None
+
+
+def _typed(python: Any, check: Callable[[str], Any], schema: dict[str, Any]) -> Any:
+    """A query or header type: `check` reads the raw text (its ValueError is the message the client
+    reads), `schema` is how the OpenAPI document describes it."""
+    return Annotated[python, PlainValidator(lambda value: check(str(value))), WithJsonSchema(schema)]
+
+
+def integer(low: int, high: int, description: str = "") -> Any:
+    schema = {"type": "integer", "minimum": low, "maximum": high}
+    return _typed(
+        int,
+        lambda text: _integer(text, low, high),
+        schema | ({"description": description} if description else {}),
+    )
+
+
+def choices(values: list[str]) -> Any:
+    """Comma-separated values, each one of `values`."""
+
+    def check(text: str) -> list[str]:
+        if any(v not in values for v in text.split(",")):
+            raise ValueError(f"must be one of {', '.join(values)}")
+        return text.split(",")
+
+    return _typed(
+        list[str], check, {"type": "string", "description": f"comma-separated: {', '.join(values)}"}
+    )
+
+
+def text(max_length: int) -> Any:
+    def check(value: str) -> str:
+        if len(value) > max_length or "\x00" in value:
+            raise ValueError(f"must be at most {max_length} characters")
+        return value
+
+    return _typed(str, check, {"type": "string", "maxLength": max_length})
+
+
+def _idempotency_key(value: str) -> str:
+    if not 1 <= len(value) <= 200 or not value.isascii() or not value.isprintable():
+        raise ValueError("must be 1 to 200 printable ASCII characters")
+    return value
+
+
+Uuid = _typed(uuid.UUID, _uuid, {"type": "string", "format": "uuid"})
+IdempotencyKey = _typed(str, _idempotency_key, {"type": "string", "minLength": 1, "maxLength": 200})
+
+
+def parameters(model: type[M], values: Mapping[str, str], code: str) -> M:
+    """Query parameters or headers read with `model`; a 400 naming the first bad one."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        message = error["msg"].removeprefix("Value error, ")
+        raise field_error(400, code, str(error["loc"][0]) if error["loc"] else "query", message) from None
+
+
 def query_uuid(name: str) -> uuid.UUID | None:
     value = request.args.get(name)
     if value is None:
         return None
     try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise field_error(400, "invalid_parameter", name, "must be a UUID") from None
+        return _uuid(value)
+    except ValueError as exc:
+        raise field_error(400, "invalid_parameter", name, str(exc)) from None
 
 
 def query_int(name: str, default: int, low: int, high: int) -> int:
     value = request.args.get(name)
     if value is None:
         return default
-    if not value.strip().isdigit() or len(value) > 9 or not low <= int(value) <= high:
-        raise field_error(400, "invalid_parameter", name, f"must be an integer from {low} to {high}")
-    return int(value)
-
-
-def query_choice(name: str, choices: list[str], multiple: bool = False) -> list[str] | None:
-    """A query value from `choices` (comma-separated when `multiple`); None when absent."""
-    value = request.args.get(name)
-    if value is None:
-        return None
-    values = value.split(",") if multiple else [value]
-    bad = [v for v in values if v not in choices]
-    if bad:
-        raise field_error(400, "invalid_parameter", name, f"must be one of {', '.join(choices)}")
-    return values
-
-
-def query_text(name: str, max_length: int = 200) -> str | None:
-    value = request.args.get(name)
-    if value is not None and (len(value) > max_length or "\x00" in value):
-        raise field_error(400, "invalid_parameter", name, f"must be at most {max_length} characters")
-    return value
-
-
-def idempotency_key() -> str | None:
-    """The Idempotency-Key header: 1-200 printable ASCII characters."""
-    value = request.headers.get("Idempotency-Key")
-    if value is None:
-        return None
-    if not 1 <= len(value) <= 200 or not value.isascii() or not value.isprintable():
-        raise field_error(
-            400, "invalid_header", "Idempotency-Key", "must be 1 to 200 printable ASCII characters"
-        )
-    return value
+    try:
+        return _integer(value, low, high)
+    except ValueError as exc:
+        raise field_error(400, "invalid_parameter", name, str(exc)) from None

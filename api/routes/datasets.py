@@ -17,8 +17,10 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from api.auth import tenant_id
 from api.context import api, db
 from api.errors import ApiError, field_error
-from api.pagination import page, page_limit, page_query
+from api.openapi import operation, query_of
+from api.pagination import page, page_query
 from api.queries import get_owned
+from api.schemas import DatasetList, DatasetUpload, DatasetView, PageQuery
 from api.views import dataset_view
 from shared import registry
 from shared.datasets import DatasetError, inspect_upload
@@ -47,7 +49,9 @@ def _name(filename: str) -> str:
 
 
 @bp.post("")
+@operation({201: DatasetView}, (401, 413, 415, 422), form=DatasetUpload)
 def upload() -> tuple[Response, int, dict[str, str]]:
+    """Upload a data set"""
     if request.mimetype != "multipart/form-data":
         raise ApiError(415, "unsupported_media_type", "upload as multipart/form-data with a 'file' field")
     limit = api().settings.max_upload_bytes
@@ -102,15 +106,18 @@ def upload() -> tuple[Response, int, dict[str, str]]:
 
 
 @bp.get("")
+@operation({200: DatasetList}, (400, 401), query=PageQuery)
 def list_datasets() -> Response:
-    limit = page_limit()
+    """List data sets"""
+    params = query_of(PageQuery)
     query = registry.datasets_query(tenant_id())
-    cursor = request.args.get("cursor")
-    rows = db().scalars(page_query(query, Dataset.created_at, Dataset.id, cursor, limit)).all()
-    datasets, next_cursor = page(rows, limit)
+    paged = page_query(query, Dataset.created_at, Dataset.id, params.cursor, params.limit)
+    datasets, next_cursor = page(db().scalars(paged).all(), params.limit)
     return jsonify({"datasets": [dataset_view(d) for d in datasets], "next_cursor": next_cursor})
 
 
 @bp.get("/<dataset_id>")
+@operation({200: DatasetView}, (401, 404))
 def read(dataset_id: str) -> Response:
+    """Read a data set"""
     return jsonify(dataset_view(get_owned(db(), Dataset, dataset_id, tenant_id())))

@@ -20,6 +20,9 @@ from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import text
 
 from api.context import ApiContext, api
+from api.openapi import operation
+from api.schemas import Health
+from api.schemas import Readiness as ReadinessView
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger("genq.api")
@@ -28,7 +31,9 @@ READY_DEADLINE_SECONDS = 0.8
 
 
 @bp.get("/healthz")
+@operation({200: Health}, public=True)
 def healthz() -> Response:
+    """Liveness"""
     return jsonify({"status": "ok"})
 
 
@@ -123,7 +128,9 @@ def _readiness() -> Readiness:
 
 
 @bp.get("/readyz")
+@operation({200: ReadinessView, 503: (ReadinessView, "not ready")}, public=True)
 def readyz() -> tuple[Response, int]:
+    """Readiness: database, broker, storage"""
     results = _readiness().probe(api(), READY_DEADLINE_SECONDS)
     failed = [name for name, result in results.items() if result != "ok"]
     body = {"status": "ok" if not failed else "unavailable", "checks": results, "failed": failed}

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify
 
 from api.auth import tenant_id
 from api.context import api, db
-from api.pagination import page, page_limit, page_query
+from api.openapi import operation, query_of
+from api.pagination import page, page_query
 from api.queries import get_owned
-from api.validation import query_choice, query_text
+from api.schemas import ModelList, ModelQuery, ModelView
 from api.views import model_view
 from shared import registry
 from shared.models import TrainedModel, utcnow
@@ -23,20 +24,21 @@ PROBE_EXTENSION = "genq.checkpoint_probe"
 
 
 @bp.get("")
+@operation({200: ModelList}, (400, 401), query=ModelQuery)
 def list_models() -> Response:
-    families = query_choice("family", [f.value for f in Family], multiple=True)
-    name = query_text("name")
-    limit = page_limit()
-    query = registry.models_query(tenant_id(), [Family(f) for f in families or ()], name)
-    cursor = request.args.get("cursor")
-    rows = db().scalars(page_query(query, TrainedModel.created_at, TrainedModel.id, cursor, limit)).all()
-    models, next_cursor = page(rows, limit)
+    """List trained models, newest first"""
+    params = query_of(ModelQuery)
+    query = registry.models_query(tenant_id(), [Family(f) for f in params.family or ()], params.name)
+    paged = page_query(query, TrainedModel.created_at, TrainedModel.id, params.cursor, params.limit)
+    models, next_cursor = page(db().scalars(paged).all(), params.limit)
     store = api().store
     return jsonify({"models": [model_view(m, store) for m in models], "next_cursor": next_cursor})
 
 
 @bp.get("/<model_id>")
+@operation({200: ModelView}, (401, 404))
 def read(model_id: str) -> Response:
+    """Read a model"""
     session = db()
     model = get_owned(session, TrainedModel, model_id, tenant_id())
     if model.checkpoint_missing_at is None and _checkpoint_gone(model.checkpoint_key):

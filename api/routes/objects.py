@@ -12,6 +12,8 @@ from flask import Blueprint, Response, request, send_file
 
 from api.context import api
 from api.errors import ApiError, not_found
+from api.openapi import FILE, operation
+from api.schemas import SignedQuery
 from shared.storage import LocalStore, StorageError, safe_filename
 
 bp = Blueprint("objects", __name__, url_prefix="/v1/objects")
@@ -22,7 +24,9 @@ def _forbidden(message: str) -> ApiError:
 
 
 @bp.get("/<path:key>")
+@operation({200: None}, (403, 404), query=SignedQuery, public=True, content=FILE)
 def download(key: str) -> Response:
+    """Download through a signed URL (local storage)"""
     store = api().store
     if not isinstance(store, LocalStore):
         raise not_found("object", key)

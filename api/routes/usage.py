@@ -6,6 +6,8 @@ from flask import Blueprint, Response, jsonify
 
 from api.auth import tenant_id
 from api.context import db
+from api.openapi import operation
+from api.schemas import UsageView
 from shared.models import Tenant
 from shared.usage import usage_view
 
@@ -13,7 +15,9 @@ bp = Blueprint("usage", __name__, url_prefix="/v1/usage")
 
 
 @bp.get("")
+@operation({200: UsageView}, (401,))
 def read() -> Response:
+    """Your queued and running jobs, worker time today, and your limits"""
     session = db()
     tenant = session.get(Tenant, tenant_id())
     return jsonify(usage_view(session, tenant))

@@ -10,21 +10,22 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.auth import tenant_id
 from api.context import api, db
 from api.errors import not_found
-from api.pagination import page, page_limit, page_query
-from api.validation import parse_id, query_choice, query_uuid
+from api.openapi import operation, query_of
+from api.pagination import page, page_query
+from api.schemas import DeliveryQuery, WebhookDeliveryList, WebhookDeliveryView
+from api.validation import parse_id
 from api.views import iso
 from shared.models import WebhookAttempt, WebhookDelivery, utcnow
 from shared.webhooks import DeliveryPublisher, record_batch_event, record_job_event, use_publisher
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks")
-STATUSES = ["pending", "succeeded", "failed"]
 
 
 def delivery_publisher() -> DeliveryPublisher:
@@ -83,30 +84,29 @@ def _views(session: Session, deliveries: list[WebhookDelivery]) -> list[dict[str
 
 
 @bp.get("/deliveries")
+@operation({200: WebhookDeliveryList}, (400, 401), query=DeliveryQuery)
 def list_deliveries() -> Response:
-    """Newest first; filter by job, batch, status."""
-    statuses = query_choice("status", STATUSES, multiple=True)
-    job_id, batch_id = query_uuid("job"), query_uuid("batch")
-    limit = page_limit()
+    """Webhook deliveries and their attempts, newest first"""
+    params = query_of(DeliveryQuery)
     query = select(WebhookDelivery).where(WebhookDelivery.tenant_id == tenant_id())
-    if statuses:
-        query = query.where(WebhookDelivery.status.in_(statuses))
-    if job_id:
-        query = query.where(WebhookDelivery.job_id == job_id)
-    if batch_id:
-        query = query.where(WebhookDelivery.batch_id == batch_id)
+    if params.status:
+        query = query.where(WebhookDelivery.status.in_(params.status))
+    if params.job:
+        query = query.where(WebhookDelivery.job_id == params.job)
+    if params.batch:
+        query = query.where(WebhookDelivery.batch_id == params.batch)
     session = db()
-    cursor = request.args.get("cursor")
-    rows = session.scalars(
-        page_query(query, WebhookDelivery.created_at, WebhookDelivery.id, cursor, limit)
-    ).all()
-    deliveries, next_cursor = page(rows, limit)
+    paged = page_query(query, WebhookDelivery.created_at, WebhookDelivery.id, params.cursor, params.limit)
+    deliveries, next_cursor = page(session.scalars(paged).all(), params.limit)
     return jsonify({"deliveries": _views(session, list(deliveries)), "next_cursor": next_cursor})
 
 
 @bp.post("/deliveries/<delivery_id>/resend")
+@operation({202: WebhookDeliveryView}, (401, 404))
 def resend(delivery_id: str) -> tuple[Response, int]:
-    """Send the same event again (same webhook-id and body, newly signed), with a fresh retry window."""
+    """Send a delivery again (same id)
+
+    The same event (same webhook-id and body, newly signed), with a fresh retry window."""
     session = db()
     row_id = parse_id(delivery_id, "delivery", "delivery_id")
     owned = (WebhookDelivery.id == row_id, WebhookDelivery.tenant_id == tenant_id())
