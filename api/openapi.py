@@ -17,7 +17,7 @@ from functools import cache
 from typing import Any, TypeVar
 
 from flask import Flask, current_app, request
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from spectree import Response, SecurityScheme, SpecTree
 from spectree.models import SecuritySchemeData, Server
@@ -52,7 +52,10 @@ class GenqPlugin(FlaskPlugin):
         response = current_app.make_response(resp)
         model = resp_model.find_model(response.status_code) if resp_model else None
         if model is not None and current_app.config.get("GENQ_CHECK_RESPONSES"):
-            model.model_validate_json(response.get_data())  # raises: the view and its model disagree
+            try:
+                model.model_validate_json(response.get_data())
+            except ValidationError as exc:  # a 500, never mistaken for the client's 422
+                raise AssertionError(f"{request.endpoint} disagrees with {model.__name__}: {exc}") from None
         return response, None
 
     def find_routes(self):  # type: ignore[no-untyped-def]
