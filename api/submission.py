@@ -37,7 +37,7 @@ from shared.specs import (
     JobSubmission,
     Spec,
 )
-from shared.usage import QuotaExceeded, check_queued_quota, reserve_seqs
+from shared.usage import QuotaExceeded, reserve_seqs
 from shared.webhooks import WebhookUrlError, check_url, parse_events
 
 log = logging.getLogger("genq.api")
@@ -113,9 +113,8 @@ def _conflict() -> ApiError:
 def _reserve(session: Session, tenant_id: uuid.UUID, count: int) -> int:
     """The first of `count` sequence numbers for the tenant's new jobs, once its queued quota allows
     them; 429 naming the quota otherwise (the caller has written nothing yet)."""
-    first = reserve_seqs(session, tenant_id, count)
     try:
-        check_queued_quota(session, tenant_id, count, QUEUE_FULL_RETRY_AFTER_SECONDS)
+        return reserve_seqs(session, tenant_id, count, QUEUE_FULL_RETRY_AFTER_SECONDS)
     except QuotaExceeded as exc:
         session.rollback()
         message = f"{exc}: this request adds {count}; wait for queued jobs to finish, or cancel some"
@@ -126,7 +125,6 @@ def _reserve(session: Session, tenant_id: uuid.UUID, count: int) -> int:
             [{"field": exc.quota, "message": message}],
             headers={"Retry-After": str(exc.retry_after)},
         ) from None
-    return first
 
 
 # ---------------------------------------------------------------------------------------------------

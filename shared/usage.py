@@ -37,18 +37,23 @@ class QuotaExceeded(Exception):
         return f"{self.quota} quota reached ({self.current:g} of {self.limit:g})"
 
 
-def reserve_seqs(session: Session, tenant_id: uuid.UUID, count: int) -> int:
-    """Take `count` consecutive sequence numbers for a tenant's new jobs and return the first.
+def reserve_seqs(session: Session, tenant_id: uuid.UUID, count: int, retry_after: int = 30) -> int:
+    """Take `count` consecutive sequence numbers for a tenant's new jobs and return the first; raise
+    QuotaExceeded (the caller rolls back) when they would take the tenant past `max_queued_jobs`.
 
     The UPDATE locks the tenant's row until the transaction ends, so one tenant's submissions are
     counted against its queued quota one at a time (other tenants are not held up)."""
-    last = session.execute(
+    row = session.execute(
         update(Tenant)
         .where(Tenant.id == tenant_id)
         .values(last_job_seq=Tenant.last_job_seq + count)
-        .returning(Tenant.last_job_seq)
-    ).scalar_one()
-    return last - count + 1
+        .returning(Tenant.last_job_seq, Tenant.max_queued_jobs)
+    ).one()
+    if row.max_queued_jobs is not None:
+        queued = count_queued(session, tenant_id, cap=row.max_queued_jobs + 1)
+        if queued + count > row.max_queued_jobs:
+            raise QuotaExceeded("max_queued_jobs", row.max_queued_jobs, queued, retry_after)
+    return row.last_job_seq - count + 1
 
 
 def count_queued(session: Session, tenant_id: uuid.UUID, cap: int = QUEUED_COUNT_CAP) -> int:
@@ -57,17 +62,6 @@ def count_queued(session: Session, tenant_id: uuid.UUID, cap: int = QUEUED_COUNT
         select(Job.id).where(Job.tenant_id == tenant_id, Job.status == JobStatus.queued).limit(cap).subquery()
     )
     return session.scalar(select(func.count()).select_from(rows)) or 0
-
-
-def check_queued_quota(session: Session, tenant_id: uuid.UUID, adding: int, retry_after: int) -> None:
-    """Raise QuotaExceeded when `adding` more jobs would take the tenant past max_queued_jobs. Call after
-    `reserve_seqs` in the same transaction, so concurrent submissions cannot both pass."""
-    limit = session.scalar(select(Tenant.max_queued_jobs).where(Tenant.id == tenant_id))
-    if limit is None:
-        return
-    queued = count_queued(session, tenant_id, cap=limit + 1)
-    if queued + adding > limit:
-        raise QuotaExceeded("max_queued_jobs", limit, queued, retry_after)
 
 
 def _today(now: dt.datetime) -> dt.date:

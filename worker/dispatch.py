@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from celery import Celery
 from kombu import Producer
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from shared import job_state
 from shared.queue import TASK_NAMES, celery_priority, queue_for
@@ -88,19 +88,15 @@ class CeleryPublisher:
         )
 
 
-def dispatch(
-    sessions: sessionmaker[Session], publisher: Publisher, messages: Sequence[JobMessage]
-) -> list[str]:
-    """Mark the held jobs published, commit, send; jobs whose message did not go out are held again.
-    Returns the ids sent. Jobs no longer held (canceled, or marked by another pass) are skipped."""
-    if not messages:
-        return []
-    with sessions.begin() as session:
-        marked = set(job_state.mark_dispatched(session, [uuid.UUID(m.job_id) for m in messages]))
+def dispatch(session: Session, publisher: Publisher, messages: Sequence[JobMessage]) -> list[str]:
+    """Mark the held jobs published and commit `session` (with whatever else it holds), then send; jobs
+    whose message did not go out are held again. Returns the ids sent. Jobs no longer held (canceled, or
+    marked by another pass) are skipped."""
+    marked = set(job_state.mark_dispatched(session, [uuid.UUID(m.job_id) for m in messages]))
+    session.commit()
     sendable = [m for m in messages if uuid.UUID(m.job_id) in marked]
     sent = publisher(sendable)
     if len(sent) < len(sendable):
-        unsent = [uuid.UUID(m.job_id) for m in sendable[len(sent) :]]
-        with sessions.begin() as session:
-            job_state.clear_published(session, unsent)
+        job_state.clear_published(session, [uuid.UUID(m.job_id) for m in sendable[len(sent) :]])
+        session.commit()
     return sent

@@ -25,6 +25,7 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from celery import Celery
@@ -111,39 +112,59 @@ class Scheduler:
         self._summary_at: dict[str, float] = {}
 
     def run_pass(self) -> PassReport:
-        now = utcnow()
-        clock = time.time()
+        """One pass: fill every queue's free slots, commit the marks with the reads, then send."""
+        now, clock = utcnow(), time.time()
         with self.sessions() as session:
             out = self._counts(session, DISPATCHED)
-            running = self._counts(session, Job.status.in_([JobStatus.running, JobStatus.canceling]))
-            waiting = {queue: tenants_with_held(session, queue) for queue in self.queues}
-            involved = {t for ids in waiting.values() for t in ids} | {t for _, t in [*out, *running]}
-            tenants = self._tenants(session, now, involved, out)
-            expected = self._expected_seconds(session)
-            plans: list[list[Candidate]] = []
+            running = session.execute(
+                select(Job.queue, Job.tenant_id, Job.started_at).where(
+                    Job.status.in_([JobStatus.running, JobStatus.canceling])
+                )
+            ).all()
+            slots: dict[str, tuple[int, int, int, int]] = {}  # queue -> workers, window, out, free
             for queue in self.queues:
                 workers = live_workers(self.redis, queue, clock, presence_ttl(self.settings))
                 window = max(1, workers) * (1 + self.settings.dispatch_ahead_per_worker)
                 queue_out = sum(n for (q, _), n in out.items() if q == queue)
-                free = window - queue_out - sum(n for (q, _), n in running.items() if q == queue)
-                picks: list[Candidate] = []
-                contenders = [tenants[t] for t in waiting[queue] if t in tenants]
+                free = window - queue_out - sum(1 for r in running if r.queue == queue)
+                slots[queue] = (workers, window, queue_out, free)
+            summarize = {
+                q for q in self.queues if clock - self._summary_at.get(q, 0.0) >= SUMMARY_EVERY_SECONDS
+            }
+            waiting = {
+                queue: tenants_with_held(session, queue)
+                for queue in self.queues
+                if slots[queue][3] > 0 or queue in summarize
+            }
+            involved = (
+                {t for ids in waiting.values() for t in ids}
+                | {t for _, t in out}
+                | {r.tenant_id for r in running}
+            )
+            tenants = self._tenants(session, now, involved, out, running)
+            expected = self._expected_seconds(session)
+            picks: list[Candidate] = []
+            queue_of: dict[str, str] = {}
+            for queue, held_by in waiting.items():
+                workers, window, queue_out, free = slots[queue]
+                contenders = [tenants[t] for t in held_by if t in tenants]
                 if free > 0:
                     for tenant in contenders:
                         tenant.candidates = deque(self._heads(session, queue, tenant.tenant_id, free))
-                    picks = choose(free, contenders, expected)
-                if clock - self._summary_at.get(queue, 0.0) >= SUMMARY_EVERY_SECONDS:
+                    chosen = choose(free, contenders, expected)
+                    queue_of.update((str(p.job_id), queue) for p in chosen)
+                    picks += chosen
+                if queue in summarize:
                     self._write_summary(session, queue, workers, window, queue_out, contenders, expected)
                     self._summary_at[queue] = clock
-                plans.append(picks)
-            session.commit()
-        sent: dict[str, int] = {}
-        for queue, picks in zip(self.queues, plans, strict=True):
-            if picks:
-                messages = [JobMessage(str(p.job_id), p.kind, p.priority) for p in picks]
-                sent[queue] = len(dispatch(self.sessions, self.publisher, messages))
-                log.debug("dispatched on %s: %s", queue, describe(picks))
-        return PassReport(sent)
+            messages = [JobMessage(str(p.job_id), p.kind, p.priority) for p in picks]
+            sent = dispatch(session, self.publisher, messages) if messages else []
+        if picks:
+            log.debug("dispatched: %s", describe(picks))
+        by_queue: dict[str, int] = {}
+        for job_id in sent:
+            by_queue[queue_of[job_id]] = by_queue.get(queue_of[job_id], 0) + 1
+        return PassReport(by_queue)
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -153,6 +174,7 @@ class Scheduler:
         now: dt.datetime,
         ids: set[uuid.UUID],
         out: dict[tuple[str, uuid.UUID], int],
+        running: Sequence[Any],
     ) -> dict[uuid.UUID, TenantLoad]:
         """The weight, limits and usage of the tenants with queued or running work: decayed past worker
         time plus its running jobs' time so far (a long job counts from the moment it starts)."""
@@ -169,8 +191,7 @@ class Scheduler:
             for t in rows
         }
         running_seconds: dict[uuid.UUID, float] = {}
-        active = [JobStatus.running, JobStatus.canceling]
-        for row in session.execute(select(Job.tenant_id, Job.started_at).where(Job.status.in_(active))):
+        for row in running:
             if row.tenant_id in tenants:
                 tenants[row.tenant_id].active += 1
                 seconds = max(0.0, (now - row.started_at).total_seconds()) if row.started_at else 0.0
