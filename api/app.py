@@ -17,7 +17,6 @@ from api.download_urls import DownloadUrls
 from api.errors import register_error_handlers
 from api.key_cache import KeyCache
 from api.metrics import install_metrics
-from api.openapi import TEXT, document, operation
 from api.rate_limits import install_rate_limits
 from api.request_context import bind_tenant_to_logs, install_request_context
 from api.routes import batches, datasets, health, jobs, models, objects, openapi, usage, webhooks
@@ -64,7 +63,5 @@ def create_app(settings: Settings | None = None, wake: Wake | None = None) -> Fl
     app.register_blueprint(dashboard)
     for module in (jobs, batches, models, datasets, objects, health, openapi, webhooks, usage):
         app.register_blueprint(module.bp)
-    # /metrics (api/metrics.py) takes the operator token, not an API key; its view is declared here.
-    document(app, "metrics.metrics", operation({200: None}, (401, 403, 404), content=TEXT))
     logging.getLogger("genq.api").setLevel(logging.INFO)
     return app

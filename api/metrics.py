@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.context import api
 from api.errors import ApiError
+from api.openapi import TEXT, operation
 from shared.models import Job, JobStatus, Tenant, utcnow
 from shared.settings import Settings
 
@@ -162,7 +163,9 @@ def _check_operator_token(settings: Settings) -> None:
 
 
 @bp.get("/metrics")
+@operation({200: None}, (401, 403, 404), content=TEXT)
 def metrics() -> Response:
+    """Prometheus metrics: send the operator token (GENQ_METRICS_TOKEN), not an API key."""
     _check_operator_token(api().settings)
     body = _process_metrics() + generate_latest(current_app.extensions[EXTENSION])
     return Response(body, content_type=CONTENT_TYPE_LATEST)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any, TypeVar
 
-from flask import Flask, current_app, request
+from flask import current_app, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from spectree import Response, SecurityScheme, SpecTree
@@ -127,11 +127,6 @@ def operation(
         return validated  # type: ignore[no-any-return]
 
     return decorate
-
-
-def document(app: Flask, endpoint: str, declaration: Callable[[F], F]) -> None:
-    """Declare a route another module registered (`metrics.metrics`)."""
-    app.view_functions[endpoint] = declaration(app.view_functions[endpoint])
 
 
 def query_of(model: type[M]) -> M:

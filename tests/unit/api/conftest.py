@@ -73,7 +73,9 @@ def wakes() -> RecordingWake:
 
 @pytest.fixture()
 def app(settings: Settings, session: Session, wakes: RecordingWake) -> Flask:
-    return create_app(settings, wake=wakes)
+    app = create_app(settings, wake=wakes)
+    app.config["GENQ_CHECK_RESPONSES"] = True  # every answer of the suite checked against its model
+    return app
 
 
 @pytest.fixture()
