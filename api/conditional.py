@@ -25,9 +25,10 @@ def _without_urls(value: Any) -> Any:
     return value
 
 
-def view_tag(view: dict[str, Any]) -> str:
-    """The ETag (unquoted) of a JSON view."""
-    content = json.dumps([api().urls.epoch(), _without_urls(view)], sort_keys=True, default=str)
+def view_tag(view: dict[str, Any], epoch: int | None = None) -> str:
+    """The ETag (unquoted) of a JSON view in a download-URL epoch (default: the current one)."""
+    epoch = api().urls.epoch() if epoch is None else epoch
+    content = json.dumps([epoch, _without_urls(view)], sort_keys=True, default=str)
     return hashlib.sha1(content.encode(), usedforsecurity=False).hexdigest()
 
 
@@ -36,3 +37,10 @@ def conditional(view: dict[str, Any], tag: str | None = None) -> Response:
     response = jsonify(view)
     response.set_etag(tag or view_tag(view))
     return response.make_conditional(request)
+
+
+def not_modified(tag: str) -> Response:
+    """The bodiless 304 for a copy already known to carry `tag` (no view built)."""
+    response = Response(status=304)
+    response.set_etag(tag)
+    return response
