@@ -48,17 +48,21 @@ def _count(session: Session, query: Select) -> int:
 def _own_ahead(session: Session, job: Job) -> int:
     """The tenant's own held jobs in this queue ordered before `job` (ix_jobs_held range reads).
 
-    Up to POSITION_COUNT_CAP they are counted; past it, the jobs of the same priority between the
-    tenant's first held one and this one are estimated by their sequence numbers, which over-counts by
-    the jobs of that span that were canceled or went to the other queue."""
+    Within one priority a tenant's jobs are dispatched in sequence order, so the span of sequence numbers
+    from its first held job of that priority to this one bounds the count from above; it over-counts by
+    the jobs of that span that were canceled or went to the other queue. Spans under
+    POSITION_COUNT_CAP are counted exactly instead; the tenant's held jobs of higher priorities are
+    counted up to the cap."""
     lane = and_(HELD, Job.queue == job.queue, Job.tenant_id == job.tenant_id)
     key = job.order_key or 0
-    counted = _count(session, select(Job.id).where(lane, Job.order_key < key))
-    if counted < POSITION_COUNT_CAP:
-        return counted
     band = band_start(job.priority)
     first = session.scalar(select(func.min(Job.order_key)).where(lane, Job.order_key >= band)) or key
-    return _count(session, select(Job.id).where(lane, Job.order_key < band)) + (key - first)
+    same_priority = key - first
+    if same_priority < POSITION_COUNT_CAP:
+        same_priority = _count(
+            session, select(Job.id).where(lane, Job.order_key >= band, Job.order_key < key)
+        )
+    return same_priority + _count(session, select(Job.id).where(lane, Job.order_key < band))
 
 
 def job_standing(session: Session, job: Job, summary: QueueSummary | None) -> Standing | None:

@@ -115,6 +115,10 @@ class Scheduler:
         """One pass: fill every queue's free slots, commit the marks with the reads, then send."""
         now, clock = utcnow(), time.time()
         with self.sessions() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                # A generic plan (psycopg prepares a statement run 5 times) cannot see that a queue is
+                # empty and may walk every queued row to find out: plan each query for its values.
+                session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
             out = self._counts(session, DISPATCHED)
             running = session.execute(
                 select(Job.queue, Job.tenant_id, Job.started_at).where(
@@ -222,7 +226,7 @@ class Scheduler:
         rows = session.execute(
             select(Job.id, Job.kind, Job.priority, Job.order_key)
             .where(HELD, Job.queue == queue, Job.tenant_id == tenant_id)
-            .order_by(Job.order_key, Job.created_at)
+            .order_by(Job.order_key)
             .limit(limit)
         )
         return [Candidate(r.id, tenant_id, str(r.kind), r.priority, r.order_key or 0) for r in rows]

@@ -98,8 +98,8 @@ def test_references_are_checked_at_submit(
 def _add_job(session: Session, tenant_id: uuid.UUID, **values: object) -> Job:
     now = utcnow()
     created = values.setdefault("created_at", now)
-    # The tenant's order as submission gives it: priority, then milliseconds since 2026 as the sequence.
-    seq = int((created - dt.datetime(2026, 1, 1, tzinfo=dt.UTC)).total_seconds() * 1000)
+    # The tenant's order as submission gives it: priority, then seconds since 2026 as the sequence.
+    seq = int((created - dt.datetime(2026, 1, 1, tzinfo=dt.UTC)).total_seconds())
     values.setdefault("order_key", order_key(values.get("priority", 0), seq))
     job = Job(
         id=uuid.uuid4(),
