@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,10 +173,22 @@ def submit_job(
 # Batches
 
 
-def _prepare_batch(submission: BatchSubmission) -> tuple[list[PreparedJob], list[tuple[str, JobKind, Spec]]]:
+Prepared = tuple[list[PreparedJob], list[tuple[str, JobKind, Spec]]]  # the jobs, and what they reference
+_ABSENT = object()
+
+
+def _prepare_batch(submission: BatchSubmission) -> Prepared:
+    if submission.template is not None:
+        return _prepare_template(submission)
+    assert submission.items is not None
+    return _prepare_each(submission, submission.items, [f"items.{i}." for i in range(len(submission.items))])
+
+
+def _prepare_each(
+    submission: BatchSubmission, items: Sequence[JobSubmission], prefixes: Sequence[str]
+) -> Prepared:
     prepared, refs = [], []
-    for i, item in enumerate(submission.expand()):
-        prefix = f"items.{i}." if submission.items is not None else "template."
+    for item, prefix in zip(items, prefixes, strict=True):
         if item.webhook is not None:
             raise field_error(422, "invalid_request", f"{prefix}webhook", "give webhook on the batch")
         own_priority = "priority" in item.model_fields_set
@@ -184,6 +196,25 @@ def _prepare_batch(submission: BatchSubmission) -> tuple[list[PreparedJob], list
         prepared.append(job)
         refs.append((f"{prefix}params", job.kind, params))
     return prepared, refs
+
+
+def _prepare_template(submission: BatchSubmission) -> Prepared:
+    """A template batch's items differ only in the seed/label each sets in params, values the batch model
+    has already checked (`Seed`, `Label`) and that no params check relates to another field. So the first
+    item is validated (its errors name `template.…`, as every item's would) and the others are derived
+    from its normalised params with their own values set. Should the params not carry the first item's
+    values unchanged (a spec that rewrites them), every item is validated instead."""
+    count = submission.item_count()
+    (first,), refs = _prepare_each(submission, [submission.template_item(0)], ["template."])
+    values = submission.template_values(0)
+    if any(first.params.get(name, _ABSENT) != value for name, value in values.items()):
+        items = [submission.template_item(i) for i in range(count)]
+        return _prepare_each(submission, items, ["template."] * count)
+    derived = (
+        PreparedJob(first.kind, {**first.params, **submission.template_values(i)}, first.priority)
+        for i in range(1, count)
+    )
+    return [first, *derived], refs
 
 
 def _existing_batch(

@@ -273,18 +273,29 @@ class BatchSubmission(Spec):
             raise ValueError("labels: must have as many entries as seeds")
         return self
 
+    def item_count(self) -> int:
+        if self.items is not None:
+            return len(self.items)
+        return len(self.seeds) if self.seeds is not None else len(self.labels or [])
+
+    def template_values(self, i: int) -> dict[str, Any]:
+        """What template item i sets in the template's params: its seed and/or its label."""
+        values: dict[str, Any] = {}
+        if self.seeds is not None:
+            values["seed"] = self.seeds[i]
+        if self.labels is not None:
+            values["labels"] = self.labels[i]
+        return values
+
+    def template_item(self, i: int) -> JobSubmission:
+        """Template item i: the template with its seed/label filled into params.seed/params.labels."""
+        assert self.template is not None
+        return self.template.model_copy(
+            update={"params": {**self.template.params, **self.template_values(i)}}
+        )
+
     def expand(self) -> list[JobSubmission]:
-        """The batch's jobs in order: each seed/label fills the template's params.seed/params.labels."""
+        """The batch's jobs in order."""
         if self.items is not None:
             return self.items
-        assert self.template is not None
-        n = len(self.seeds) if self.seeds is not None else len(self.labels or [])
-        jobs = []
-        for i in range(n):
-            params = dict(self.template.params)
-            if self.seeds is not None:
-                params["seed"] = self.seeds[i]
-            if self.labels is not None:
-                params["labels"] = self.labels[i]
-            jobs.append(self.template.model_copy(update={"params": params}))
-        return jobs
+        return [self.template_item(i) for i in range(self.item_count())]
