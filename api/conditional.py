@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from flask import Response, jsonify, request
+from werkzeug.http import http_date
 
 from api.context import api
 
@@ -41,6 +42,6 @@ def conditional(view: dict[str, Any], tag: str | None = None) -> Response:
 
 def not_modified(tag: str) -> Response:
     """The bodiless 304 for a copy already known to carry `tag` (no view built)."""
-    response = Response(status=304)
+    response = Response(status=304, headers={"Date": http_date()})  # as make_conditional's 304 has
     response.set_etag(tag)
     return response

@@ -62,7 +62,7 @@ def long_poll(item_id: str, read: Callable[[], tuple[dict[str, Any], bool]], sec
         if not known:
             return None
         cached = tags.get(item_id, scope, ctx.urls.epoch())
-        return cached if cached is not None and known.contains(cached.tag) else None
+        return cached if cached is not None and known.contains_weak(cached.tag) else None
 
     def fresh() -> tuple[dict[str, Any], bool, str]:
         with tags.reading(item_id) as reading:  # entered before the row is read

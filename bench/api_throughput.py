@@ -9,9 +9,12 @@ the same run:
     cost of the same rows: one executemany INSERT of 10,000 job rows (psycopg, one transaction) and 10,000
     Redis LPUSH of a message of the same size, pipelined 1,000 at a time like the API's publisher.
 (c) long polls: many clients waiting with `?wait=30` on one API process, /healthz beside them.
+(d) in-process A/B: a 304 answered from the per-process tag cache beside the same 304 read from the
+    row, and a template batch's items derived from its template beside validating every item.
 
     python -m bench.api_throughput
     python -m bench.api_throughput --seconds 10 --clients 16 --configs "-w 2" "-w 2 --threads 4"
+    python -m bench.api_throughput --parts ab
 
 Load comes from `wrk` when it is installed (apt-get install wrk), else from Python threads (one
 requests.Session each), which on a small machine measure the client as much as the server. The clients
@@ -31,7 +34,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,17 +43,22 @@ import psycopg
 import requests
 from psycopg.types.json import Jsonb
 
+from api.app import create_app
+from api.submission import _prepare_batch, _prepare_each
+from api.validation import parse
 from bench.common import ApiTenant, Services, machine_line, make_tenant, percentile, services
 from shared.db import session_factory
 from shared.models import Artifact, Job, JobStatus, TrainedModel, utcnow
-from shared.queue import queue_for
-from shared.specs import Family, GenerateParams, JobKind
+from shared.queue import make_celery, queue_for
+from shared.specs import BatchSubmission, Family, GenerateParams, JobKind
 from tests.conftest import ROOT, free_port, wait_for_port
+from worker.dispatch import CeleryPublisher, JobMessage
 
 DEFAULT_CONFIGS = ("-w 2", "-w 2 --threads 4", "-w 4")
 BATCH_CONFIG = "-w 2"
 BATCH_ITEMS = 10_000
 PIPELINE = 1000  # api/publisher.py PIPELINE_SIZE
+PARTS = ("polls", "waiters", "batches", "ab")
 ARTIFACTS = ("grid.png", "manifest.json", "shards/00000.tar", "shards/00001.tar")
 
 
@@ -341,8 +349,14 @@ def bare_lpush(found: Services, message: bytes) -> float:
     return elapsed
 
 
-def queued_message(found: Services) -> bytes:
-    """One message the API published (the bare pushes use its size), then the sample queue emptied."""
+def queued_message(found: Services, job_id: str) -> bytes:
+    """One job message as the scheduler sends it (the bare pushes use its size), then the sample queue
+    emptied. The API holds a batch's jobs in SQL and sends none itself; no scheduler runs here."""
+    celery = make_celery(found.settings, name="genq-bench")
+    try:
+        CeleryPublisher(celery, found.settings)([JobMessage(job_id, JobKind.generate, 0)])
+    finally:
+        celery.close()
     keys = found.broker.keys(f"{found.settings.sample_queue}*")
     message = next(found.broker.lindex(k, 0) for k in keys if found.broker.type(k) == b"list")
     found.broker.delete(*keys)
@@ -355,10 +369,10 @@ def batch_benchmark(found: Services, tenant: ApiTenant, model_id: str, repeats: 
     with gunicorn(found, BATCH_CONFIG, found.workdir / "gunicorn-batch.log") as server:
         for i in range(repeats):
             before = server_cpu_seconds(server.pid)
-            elapsed, _ = submit_batch(server.base, tenant, model_id, offset=2 * i * BATCH_ITEMS)
+            elapsed, batch_id = submit_batch(server.base, tenant, model_id, offset=2 * i * BATCH_ITEMS)
             cpu.append(server_cpu_seconds(server.pid) - before)
             api.append(elapsed)
-            message = queued_message(found)
+            message = queued_message(found, batch_id)
             inserts.append(bare_insert(found, tenant, model_id, offset=(2 * i + 1) * BATCH_ITEMS))
             pushes.append(bare_lpush(found, message))
     api_s, cpu_s, insert_s, push_s = (percentile(xs, 50) for xs in (api, cpu, inserts, pushes))
@@ -371,6 +385,82 @@ def batch_benchmark(found: Services, tenant: ApiTenant, model_id: str, repeats: 
 
 
 # ---------------------------------------------------------------------------------------------------
+# In-process A/B: each hot path with and without its shortcut, alternating in one process
+
+
+def _cpu_per_call(call: Callable[[], object], n: int) -> float:
+    started = time.process_time()
+    for _ in range(n):
+        call()
+    return (time.process_time() - started) / n
+
+
+def ab_benchmark(
+    found: Services, tenant: ApiTenant, model_id: str, job_id: str, args: argparse.Namespace
+) -> None:
+    """The 304 answered from the tag cache vs from the row (the entry dropped before each poll), and a
+    template batch's items derived from the template vs validated one by one (as before), through the
+    Flask test client in this process (its CPU only: Postgres's share of a read is not counted)."""
+    print(f"\n(d) in-process A/B, {args.rounds} alternating rounds, median CPU per call:")
+    app = create_app(found.settings, wake=lambda queues: None)
+    context = app.extensions["genq"]
+    client = app.test_client()
+    url = f"/v1/jobs/{job_id}"
+    etag = client.get(url, headers=tenant.headers).headers["ETag"]
+    deadline = time.monotonic() + 30
+    while not context.waiters._subscribed.is_set():  # the tag cache is live once Redis confirms
+        assert time.monotonic() < deadline, "no change subscription"
+        time.sleep(0.01)
+    unchanged = {**tenant.headers, "If-None-Match": etag}
+
+    def cached() -> None:
+        assert client.get(url, headers=unchanged).status_code == 304
+
+    def from_row() -> None:
+        context.waiters.tags.invalidate(job_id)  # as if the job had just been notified as changed
+        assert client.get(url, headers=unchanged).status_code == 304
+
+    body = {
+        "template": {"kind": "generate", "params": {"model_id": model_id, "count": 1}},
+        "seeds": list(range(BATCH_ITEMS)),
+    }
+    batch = parse(BatchSubmission, body)
+    assert _prepare_batch(batch)[0] == _prepare_each(batch, batch.expand(), ["template."] * BATCH_ITEMS)[0]
+    pairs = (
+        ("304, tag cache", cached, "304, row read", from_row, args.polls, 1e3, "ms"),
+        (
+            f"template batch ({BATCH_ITEMS:,}), derived",
+            lambda: _prepare_batch(batch),
+            "validated per item",
+            lambda: _prepare_each(batch, batch.expand(), ["template."] * BATCH_ITEMS),
+            1,
+            1.0,
+            "s",
+        ),
+    )
+    try:
+        for new_label, new, old_label, old, n, scale, unit in pairs:
+            new(), old()  # warm
+            news, olds = [], []
+            for _ in range(args.rounds):
+                news.append(_cpu_per_call(new, n))
+                olds.append(_cpu_per_call(old, n))
+            new_cpu, old_cpu = percentile(news, 50), percentile(olds, 50)
+            print(
+                f"  {new_label:<32} {new_cpu * scale:8.3f} {unit}   {old_label:<20}"
+                f" {old_cpu * scale:8.3f} {unit}   {old_cpu / new_cpu:5.1f}x less CPU"
+            )
+        started = time.process_time()
+        parse(BatchSubmission, body)
+        print(
+            f"  (parsing the {BATCH_ITEMS:,}-seed batch body itself: {time.process_time() - started:.3f} s)"
+        )
+    finally:
+        context.celery.close()
+        context.notifier.close()
+
+
+# ---------------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -380,15 +470,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), help="gunicorn settings")
     parser.add_argument("--batches", type=int, default=3, help="10,000-item batches to time")
     parser.add_argument("--waiters", type=int, default=60, help="concurrent ?wait= clients to hold")
+    parser.add_argument("--polls", type=int, default=500, help="polls per in-process A/B round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating in-process A/B rounds")
+    parser.add_argument(
+        "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to run: (a), (c), (b), (d)"
+    )
     args = parser.parse_args(argv)
     began = time.monotonic()
     print(f"genq API throughput, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; {machine_line()}", flush=True)
     with services() as found:
         tenant = make_tenant(found.settings)
         model_id, job_id = add_model_and_job(found, tenant)
-        poll_benchmark(found, tenant, job_id, args)
-        waiter_benchmark(found, tenant, job_id, args)
-        batch_benchmark(found, tenant, model_id, args.batches)
+        if "polls" in args.parts:
+            poll_benchmark(found, tenant, job_id, args)
+        if "waiters" in args.parts:
+            waiter_benchmark(found, tenant, job_id, args)
+        if "batches" in args.parts:
+            batch_benchmark(found, tenant, model_id, args.batches)
+        if "ab" in args.parts:
+            ab_benchmark(found, tenant, model_id, job_id, args)
     print(f"\n{machine_line()}; total {time.monotonic() - began:.0f} s", flush=True)
 
 
