@@ -43,9 +43,6 @@ import psycopg
 import requests
 from psycopg.types.json import Jsonb
 
-from api.app import create_app
-from api.submission import _prepare_batch, _prepare_each
-from api.validation import parse
 from bench.common import ApiTenant, Services, machine_line, make_tenant, percentile, services
 from shared.db import session_factory
 from shared.models import Artifact, Job, JobStatus, TrainedModel, utcnow
@@ -401,6 +398,11 @@ def ab_benchmark(
     """The 304 answered from the tag cache vs from the row (the entry dropped before each poll), and a
     template batch's items derived from the template vs validated one by one (as before), through the
     Flask test client in this process (its CPU only: Postgres's share of a read is not counted)."""
+    # Imported here, so the other parts also run from a tree that predates these functions (a "before").
+    from api.app import create_app
+    from api.submission import _prepare_batch, _prepare_each
+    from api.validation import parse
+
     print(f"\n(d) in-process A/B, {args.rounds} alternating rounds, median CPU per call:")
     app = create_app(found.settings, wake=lambda queues: None)
     context = app.extensions["genq"]
