@@ -31,9 +31,7 @@ def lenient(settings: Settings) -> Settings:
 
 
 @pytest.fixture()
-def lenient_client(
-    lenient: Settings, session: Session, wakes: RecordingWake
-) -> Iterator[FlaskClient]:
+def lenient_client(lenient: Settings, session: Session, wakes: RecordingWake) -> Iterator[FlaskClient]:
     app = create_app(lenient, wake=wakes)
     yield app.test_client()
     app.extensions["genq"].celery.close()
