@@ -12,10 +12,8 @@ runs when woken (a submit, a finished job, the sweeper) and every `scheduler_tic
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import socket
@@ -50,9 +48,10 @@ from shared.scheduling import (
     retire_worker,
     summary_key,
 )
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 from shared.specs import JobKind
 from shared.usage import seconds_today
+from worker.background import serve
 from worker.dispatch import CeleryPublisher, JobMessage, Publisher, dispatch
 
 log = logging.getLogger(__name__)
@@ -404,22 +403,23 @@ class SchedulerThread:
             log.debug("scheduler pass: %s", report)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m worker.scheduler", description=__doc__.splitlines()[0])
-    parser.add_argument("--once", action="store_true", help="run one pass (without the lock) and exit")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = get_settings()
-    if args.once:
-        scheduler = Scheduler(settings)
-        print(json.dumps(scheduler.run_pass().dispatched))
-        scheduler.close()
-        return
-    thread = SchedulerThread(settings).start()
+def _once(settings: Settings) -> dict[str, Any]:
+    """One pass without the lock (by hand: make sure no other scheduler runs)."""
+    scheduler = Scheduler(settings)
     try:
-        thread.join()
-    except KeyboardInterrupt:
-        thread.stop()
+        return scheduler.run_pass().dispatched
+    finally:
+        scheduler.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    serve(
+        "python -m worker.scheduler",
+        __doc__.splitlines()[0],
+        _once,
+        lambda settings: SchedulerThread(settings).start(),
+        argv,
+    )
 
 
 if __name__ == "__main__":

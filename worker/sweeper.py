@@ -18,7 +18,6 @@ No engine (torch) imports here.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import json
@@ -39,9 +38,10 @@ from shared.job_state import PublishTarget
 from shared.models import utcnow
 from shared.queue import make_celery
 from shared.scheduling import wake
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 from shared.storage import probe_store
 from shared.storage_gc import collect_garbage
+from worker.background import serve
 from worker.metrics import swept
 
 log = logging.getLogger(__name__)
@@ -256,22 +256,22 @@ class SweeperThread:
         return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m worker.sweeper", description=__doc__.splitlines()[0])
-    parser.add_argument("--once", action="store_true", help="sweep once and exit")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = get_settings()
-    if args.once:
-        sweep = Sweep(settings)
-        print(json.dumps(sweep.once().__dict__))
-        sweep.close()
-        return
-    thread = SweeperThread(settings).start()
+def _once(settings: Settings) -> dict[str, int]:
+    sweep = Sweep(settings)
     try:
-        thread.join()
-    except KeyboardInterrupt:
-        thread.stop()
+        return sweep.once().__dict__
+    finally:
+        sweep.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    serve(
+        "python -m worker.sweeper",
+        __doc__.splitlines()[0],
+        _once,
+        lambda settings: SweeperThread(settings).start(),
+        argv,
+    )
 
 
 if __name__ == "__main__":
