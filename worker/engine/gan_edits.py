@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from worker.engine.contract import EditOutput, EditRequest, LoadedModel
 from worker.engine.gan_nets import Generator
 from worker.engine.imageset import to_uint8, to_unit_range
-from worker.engine.latents import latents_for_seeds, masked_psnr, slerp
+from worker.engine.latents import blend_close_fits, latents_for_seeds, masked_psnr, slerp
 from worker.engine.runtime import ConfigError, RunContext
 
 Classify = Callable[[torch.Tensor], torch.Tensor]
@@ -133,14 +133,23 @@ class _Editor:
     def fit(
         self, targets: torch.Tensor, y: torch.Tensor | None, known: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Latents (N, D) reconstructing `targets` (N, C, H, W) on the `known` (H, W) pixels (all if None)."""
+        """Latents (N, D) reconstructing `targets` (N, C, H, W) on the `known` (H, W) pixels (all if None):
+        of each image's optimised starts, the one that fits best."""
+        z, error = self.fit_starts(targets, y, known)
+        return z[error.argmin(0), torch.arange(len(targets))]
+
+    def fit_starts(
+        self, targets: torch.Tensor, y: torch.Tensor | None, known: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every optimised start: latents (RESTARTS, N, D) and their weighted pixel errors (RESTARTS, N)
+        on the `known` (H, W) pixels (all if None)."""
         self.g.eval()
         iterations, n = self.inversion_steps(), len(targets)
         total = -(-n // CHUNK) * iterations
         weight = torch.ones(targets.shape[-2:], device=self.device) if known is None else known.float()
         weight = weight.to(self.device)[None, None] / weight.mean()  # mean over known pixels only
         noise = torch.Generator().manual_seed(int(self.request.seed))
-        found = []
+        latents, errors = [], []
         for c, start in enumerate(range(0, n, CHUNK)):
             chunk = targets[start : start + CHUNK].repeat(RESTARTS, 1, 1, 1)  # (R*n, C, H, W), start-major
             y_chunk = None if y is None else y[start : start + CHUNK].repeat(RESTARTS, 1)
@@ -155,9 +164,9 @@ class _Editor:
                 self.ctx.report("edit", c * iterations + it + 1, total, loss=error.detach().mean().item())
             with torch.no_grad():
                 error = ((self.render(z, y_chunk) - chunk).pow(2) * weight).mean(dim=(1, 2, 3))
-                best = error.view(RESTARTS, -1).argmin(0)  # (n,) winning start per image
-                found.append(z.detach().view(RESTARTS, -1, z.shape[1])[best, torch.arange(len(best))])
-        return torch.cat(found)
+                latents.append(z.detach().view(RESTARTS, -1, z.shape[1]))
+                errors.append(error.view(RESTARTS, -1))
+        return torch.cat(latents, dim=1), torch.cat(errors, dim=1)
 
     @torch.no_grad()
     def screened_starts(
@@ -253,10 +262,11 @@ class _Editor:
             raise ConfigError(f"mask: expected shape {tuple(images.shape[-2:])}")
         if bool(mask.all()):
             raise ConfigError("mask: hides every pixel; nothing to fit")
-        labels = self.source_labels(images)
-        z = self.fit(images, self.vectors(labels), known=~mask)
+        y = self.vectors(self.source_labels(images))
+        z, error = self.fit_starts(images, y, known=~mask)
         missing = mask.to(self.device)
-        filled = torch.where(missing, self.render(z, self.vectors(labels)), images)
+        renders = torch.stack([self.render(z[r], y) for r in range(len(z))])  # (R, N, C, H, W)
+        filled = torch.where(missing, blend_close_fits(renders, error), images)
         scores = [masked_psnr(filled[i : i + 1], images[i : i + 1], missing) for i in range(len(images))]
         captions = [f"source {i} inpainted (masked PSNR {s:.1f} dB)" for i, s in enumerate(scores)]
         return self.output(filled, captions, {"masked_psnr": masked_psnr(filled, images, missing)})

@@ -96,6 +96,22 @@ GRID_COLUMNS = 8
 GRID_MAX_CLASS_ROWS = 16
 
 
+FILL_TOLERANCE = 1.5  # inpaint: fits within this factor of the best known-pixel error are averaged
+
+
+def blend_close_fits(
+    fills: torch.Tensor, errors: torch.Tensor, tolerance: float = FILL_TOLERANCE
+) -> torch.Tensor:
+    """fills (R, N, C, H, W): R candidate completions of N images; errors (R, N): each one's error on
+    the known pixels. -> (N, C, H, W): per image, the mean of the candidates within `tolerance` times
+    its best error. Candidates that fit the known pixels about as well are about as plausible; the
+    hidden pixels are uncertain, and the mean of plausible guesses is nearer the truth in squared error
+    (PSNR) than any one of them. tolerance 1 keeps the best alone (ties averaged)."""
+    close = (errors <= tolerance * errors.min(dim=0).values).to(fills.dtype)  # (R, N)
+    weights = close / close.sum(dim=0)
+    return (fills * weights[..., None, None, None]).sum(dim=0)
+
+
 def sample_grid_plan(
     num_classes: int, class_names: Sequence[str]
 ) -> tuple[list[int], list[int] | None, list[str] | None]:

@@ -16,14 +16,16 @@ import torch
 
 from worker.engine.contract import EditOutput, EditRequest
 from worker.engine.imageset import to_uint8, to_unit_range
-from worker.engine.latents import masked_psnr, slerp
+from worker.engine.latents import blend_close_fits, masked_psnr, slerp
 from worker.engine.runtime import ConfigError, RunContext
 from worker.engine.vae_inference import decode_mean, label_tensor, likelihood_params, prior_latents
-from worker.engine.vae_loss import gaussian_kl, reconstruction_nll, value_log_probs
+from worker.engine.vae_loss import gaussian_kl, reconstruction_nll, reparameterise, value_log_probs
 from worker.engine.vae_nets import VAE
 
 Classify = Callable[[torch.Tensor], torch.Tensor]
-INPAINT_LR = 0.05  # Adam on the latent: posterior means are O(1), so a few hundred small steps suffice
+FIT_LR = 0.05  # Adam on the latent: posterior means are O(1), so a few hundred small steps suffice
+ITERATIONS_PER_STEP = 10  # request.steps scales latent fits (reconstruct, inpaint): 8 -> 80 Adam iterations
+INPAINT_STARTS = 4  # latents fitted per image when inpainting; the close fits are averaged
 
 
 def edit(model: Any, request: EditRequest, classify: Classify | None, ctx: RunContext | None) -> EditOutput:
@@ -102,9 +104,9 @@ def target_labels(model: VAE, request: EditRequest, count: int, classes: int) ->
     return targets
 
 
-def infer_labels(model: VAE, images: torch.Tensor) -> torch.Tensor:
-    """For a conditional model given no labels: each image's most likely class (lowest negative ELBO at
-    the posterior mean). (N,) on CPU."""
+def label_scores(model: VAE, images: torch.Tensor) -> torch.Tensor:
+    """(K, N) on CPU: each image's negative ELBO at the posterior mean under each class of a conditional
+    model (lower is likelier)."""
     scores = []
     for label in range(model.num_classes):
         vectors = model.label_vectors(torch.full((len(images),), label, dtype=torch.long))
@@ -112,7 +114,13 @@ def infer_labels(model: VAE, images: torch.Tensor) -> torch.Tensor:
         decoded = model.decode(mean, vectors).float()
         nll = reconstruction_nll(model.likelihood, images, decoded, likelihood_params(model))
         scores.append(nll + gaussian_kl(mean.float(), logvar.float()))
-    return torch.stack(scores).argmin(dim=0).cpu()
+    return torch.stack(scores).cpu()
+
+
+def infer_labels(model: VAE, images: torch.Tensor) -> torch.Tensor:
+    """For a conditional model given no labels: each image's most likely class (lowest negative ELBO at
+    the posterior mean). (N,) on CPU."""
+    return label_scores(model, images).argmin(dim=0)
 
 
 def source_labels(model: VAE, request: EditRequest, images: torch.Tensor) -> torch.Tensor | None:
@@ -134,16 +142,27 @@ def encode(model: VAE, images: torch.Tensor, labels: torch.Tensor | None) -> tor
 
 
 def reconstruct(model: VAE, request: EditRequest, classify: Classify | None, ctx: RunContext) -> EditOutput:
+    """Decode each source's latent: the encoder's posterior mean, refined by Adam (steps * 10
+    iterations) on the image's likelihood plus the prior. The encoder answers in one pass for every
+    image at once, so its guess misses each one's best latent (the amortisation gap); a short
+    per-image fit from that guess closes much of it. steps 0 (not offered by the API) keeps the
+    encoder's latent as it is."""
     x = source_images(model, request)
     labels = source_labels(model, request, x)
     vectors = model.label_vectors(labels)
-    out = decode_mean(model, encode(model, x, labels), vectors)
+    start = encode(model, x, labels)
+    everything = torch.ones_like(x)
+    z = _fit_latents(model, x, everything, start, vectors, ITERATIONS_PER_STEP * int(request.steps), ctx)
+    out = decode_mean(model, z, vectors)
     captions = [f"reconstruction of source {i}" for i in range(len(x))]
-    return EditOutput(to_output(out), captions, {"psnr": psnr(out, x)})
+    metrics = {"psnr": psnr(out, x)}
+    if request.steps > 0:
+        metrics["psnr_encoder"] = psnr(decode_mean(model, start, vectors), x)
+    return EditOutput(to_output(out), captions, metrics)
 
 
 def invert(model: VAE, request: EditRequest, classify: Classify | None, ctx: RunContext) -> EditOutput:
-    """A VAE inverts by encoding: the decoded posterior mean of each source."""
+    """A VAE inverts by encoding (and refining the latent): as reconstruct."""
     result = reconstruct(model, request, classify, ctx)
     result.captions = [f"source {i} decoded from its encoder latent" for i in range(len(result.images))]
     return result
@@ -181,9 +200,11 @@ def interpolate(model: VAE, request: EditRequest, classify: Classify | None, ctx
 
 
 def inpaint(model: VAE, request: EditRequest, classify: Classify | None, ctx: RunContext) -> EditOutput:
-    """Fill the masked pixels: start from the encoder's latent of the image with its hole filled by the
-    known pixels' mean, then Adam on z (steps * 10 iterations) to maximise the known pixels' likelihood
-    plus the N(0, I) prior; known pixels are kept as they were."""
+    """Fill the masked pixels. The image with its hole filled by the known pixels' mean is encoded;
+    INPAINT_STARTS latents per image start from there (see inpaint_starts), Adam on each (steps * 10
+    iterations) maximises the known pixels' likelihood plus the N(0, I) prior, and the hole takes the
+    mean of the fits that match the known pixels about as well as the best (latents.blend_close_fits).
+    Known pixels are kept as they were."""
     x = source_images(model, request)
     if request.mask is None:
         raise ConfigError("mask: required for inpaint")
@@ -194,17 +215,50 @@ def inpaint(model: VAE, request: EditRequest, classify: Classify | None, ctx: Ru
     known = (~missing).float()
     fill = (x * known).flatten(1).sum(1) / known.flatten(1).sum(1).clamp(min=1.0)  # (N,)
     start_images = torch.where(missing, fill[:, None, None, None], x)
-    labels = source_labels(model, request, start_images)
-    vectors = model.label_vectors(labels)
-    start = encode(model, start_images, labels)
-    first = decode_mean(model, start, vectors)
-    z = _fit_latents(model, x, known, start, vectors, 10 * int(request.steps), ctx)
-    out = torch.where(missing, decode_mean(model, z, vectors), x)
+    starts, labels = inpaint_starts(model, request, start_images)  # (R, N, D), (R, N) or None
+    count, n = starts.shape[:2]
+    vectors = model.label_vectors(None if labels is None else labels.reshape(-1))  # (R*N, E): start-major
+    iterations = ITERATIONS_PER_STEP * int(request.steps)
+    flat = starts.reshape(count * n, -1)
+    z = _fit_latents(
+        model, x.repeat(count, 1, 1, 1), known.repeat(count, 1, 1, 1), flat, vectors, iterations, ctx
+    )
+    fills = decode_mean(model, z, vectors).view(count, *x.shape)  # (R, N, C, H, W)
+    errors = ((fills - x).pow(2) * known).flatten(2).sum(2) / known.flatten(1).sum(1)  # (R, N)
+    out = torch.where(missing, blend_close_fits(fills, errors), x)
+    first = decode_mean(model, starts[0], None if vectors is None else vectors[:n])
     metrics = {
         "masked_psnr": masked_psnr(out, x, mask),
         "masked_psnr_encoder": masked_psnr(torch.where(missing, first, x), x, mask),
     }
     return EditOutput(to_output(out), [f"source {i} inpainted" for i in range(len(x))], metrics)
+
+
+def inpaint_starts(
+    model: VAE, request: EditRequest, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """INPAINT_STARTS start latents per image, start-major (R, N, D), and their labels (R, N) (None for
+    an unconditional model). A conditional model given no labels tries its likeliest classes (by ELBO),
+    one start each, since a hole can hide what tells classes apart; the remaining starts are draws
+    from the encoder's posterior (seeded by request.seed) around the first class's mean, a spread of
+    completions the prior finds plausible. Start 0 is the encoder's mean under the likeliest class."""
+    if model.num_classes and not (request.labels is not None and len(request.labels)):
+        ranked = label_scores(model, images).argsort(dim=0)  # (K, N)
+        tried = ranked[: min(INPAINT_STARTS, model.num_classes)]
+    else:
+        given = source_labels(model, request, images)
+        tried = None if given is None else given[None]
+    first = None if tried is None else tried[0]
+    labels = [] if tried is None else list(tried)
+    means = [encode(model, images, label) for label in labels] or [encode(model, images, None)]
+    mean, logvar = model.encode(images, model.label_vectors(first))
+    noise = torch.Generator().manual_seed(int(request.seed))
+    while len(means) < INPAINT_STARTS:
+        eps = torch.randn(mean.shape, generator=noise).to(mean.device)
+        means.append(reparameterise(mean.float(), logvar.float(), eps))
+        if first is not None:
+            labels.append(first)
+    return torch.stack(means), None if first is None else torch.stack(labels)
 
 
 def _fit_latents(
@@ -228,7 +282,7 @@ def _fit_latents(
             x, known = x.clone(), known.clone()
             vectors = vectors.clone() if vectors is not None else None
             z = start.clone().requires_grad_(True)
-            optimizer = torch.optim.Adam([z], lr=INPAINT_LR)
+            optimizer = torch.optim.Adam([z], lr=FIT_LR)
             for i in range(iterations):
                 decoded = model.decode(z, vectors).float()
                 log_probs = value_log_probs(model.likelihood, x, decoded, params) * known

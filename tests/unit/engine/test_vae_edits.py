@@ -65,6 +65,15 @@ def test_reconstruct_and_invert(models: dict, kind: str, operation: str) -> None
     assert math.isfinite(result.metrics["psnr"])
 
 
+def test_reconstruct_refines_the_encoder_latent(models: dict) -> None:
+    request = EditRequest("reconstruct", images=sources(), labels=[0, 1, 2], steps=4)
+    refined = edit(models["conditional"], request, None, None)
+    assert refined.metrics["psnr"] > refined.metrics["psnr_encoder"]
+    encoder_only = edit(models["conditional"], dataclasses.replace(request, steps=0), None, None)
+    assert encoder_only.metrics["psnr"] == refined.metrics["psnr_encoder"]
+    assert "psnr_encoder" not in encoder_only.metrics
+
+
 def test_conditional_edits_infer_missing_labels(models: dict) -> None:
     result = edit(models["conditional"], EditRequest("reconstruct", images=sources()), None, None)
     check_images(result, 3)
@@ -145,9 +154,9 @@ def test_attribute(models: dict, kind: str) -> None:
     check_images(result, 3)
     assert result.metrics["target_class_rate"] == pytest.approx(1 / 3)
     assert "+1.50 toward class1" in result.captions[0]
-    # Strength 0 changes nothing: the same images as a reconstruction.
+    # Strength 0 changes nothing: the same images as decoding the encoder's latent (no refinement).
     still = edit(model, dataclasses.replace(request, strength=0.0, labels=[0, 1, 2]), None, None)
-    same = edit(model, EditRequest("reconstruct", images=sources(), labels=[0, 1, 2]), None, None)
+    same = edit(model, EditRequest("reconstruct", images=sources(), labels=[0, 1, 2], steps=0), None, None)
     assert np.array_equal(still.images, same.images)
 
 
