@@ -119,8 +119,9 @@ def test_sigterm_finishes_the_running_job_and_takes_no_more(
 def test_broker_flush_mid_batch(workers: Workers, jobs: JobClient, settings: Settings) -> None:
     """FLUSHDB while jobs run and wait: the sweepers see dispatched rows with no message behind them and
     hold them again well before the republish-after delay (raised here so that it cannot be the cure);
-    the scheduler sends them again in their turn. Held jobs never had a message to lose."""
-    started = pair(workers, **LONG_REPUBLISH)
+    the scheduler sends them again in their turn. Held jobs never had a message to lose; messages are
+    sent ahead here (two per worker) so that some are waiting in the broker when it is flushed."""
+    started = pair(workers, **LONG_REPUBLISH, GENQ_DISPATCH_AHEAD_PER_WORKER="2")
     job_ids = [jobs.submit(JobKind.train, train(25)) for _ in range(10)]
     eventually(
         lambda: sum(jobs.get(j).status == JobStatus.succeeded for j in job_ids) >= 2, 60, "two jobs done"
