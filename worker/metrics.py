@@ -9,7 +9,9 @@ What is recorded, and from where (Celery signals connected below, so the job cod
 - jobs run by kind and outcome, their run time and their wait in the queue: `task_prerun` /
   `task_postrun` in the pool process, the outcome read back from the job row (SQL is the truth);
 - images generated, training samples per second: from the finished row's result and progress;
-- lease renewals (`worker.lease`) and sweeper settlements (`worker.sweeper`): counted where they happen;
+- lease renewals (`worker.lease`), sweeper settlements (`worker.sweeper`) and scheduler passes
+  (`worker.scheduler`: messages sent per queue, pass time, which worker's scheduler is active): counted
+  where they happen;
 - GPU memory and utilisation, when NVML (nvidia-ml-py) finds a GPU: read at scrape time.
 
 prometheus_client picks its storage when it is first imported, so nothing here imports it at module level:
@@ -76,9 +78,20 @@ class Metrics:
         self.sweeper = Counter(
             "genq_sweeper_jobs",
             "Jobs the sweeper settled, by action (requeued, exhausted: failed after max attempts, "
-            "canceled, republished: queued with no message in the broker)",
+            "canceled, republished: sent but lost by the broker, held again for the scheduler)",
             ["action"],
         )
+        self.dispatched = Counter(
+            "genq_scheduler_dispatched", "Job messages the scheduler sent, by queue", ["queue"]
+        )
+        self.scheduler_pass = Histogram(
+            "genq_scheduler_pass_seconds", "Time of one scheduler pass (reads, choice, marks, sends)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )  # fmt: skip
+        self.scheduler_active = Gauge(
+            "genq_scheduler_active", "1 on the worker whose scheduler holds the lock, else 0",
+            multiprocess_mode="livemax",
+        )  # fmt: skip
 
 
 @cache
@@ -100,6 +113,17 @@ def swept(requeued: int, exhausted: int, canceled: int, republished: int) -> Non
     for action, count in counts.items():
         if count:
             counters.labels(action).inc(count)
+
+
+def scheduled(dispatched: dict[str, int], seconds: float) -> None:
+    m = metrics()
+    m.scheduler_pass.observe(seconds)
+    for queue, count in dispatched.items():
+        m.dispatched.labels(queue).inc(count)
+
+
+def scheduler_active(active: bool) -> None:
+    metrics().scheduler_active.set(1 if active else 0)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from shared.specs import JobKind
 from shared.usage import seconds_today
 from worker.background import serve
 from worker.dispatch import CeleryPublisher, JobMessage, Publisher, dispatch
+from worker.metrics import scheduled, scheduler_active
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +362,7 @@ class SchedulerThread:
             except (redis.RedisError, OSError) as error:
                 log.warning("scheduler: Redis did not answer (%s); retrying", error)
                 self.leading = False
+                scheduler_active(False)
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
                         pubsub.close()
@@ -389,18 +391,20 @@ class SchedulerThread:
             except LockError:
                 log.warning("scheduler %s: lost the scheduler lock", self.identity)
                 self.leading = False
+                scheduler_active(False)
         if self.lock.acquire(token=self.identity):
             self.leading = True
+            scheduler_active(True)
             log.info("scheduler %s: now the active scheduler", self.identity)
 
     def _pass(self) -> None:
+        started = time.perf_counter()
         try:
             report = self.scheduler.run_pass()
         except Exception:
             log.exception("scheduler pass failed; retrying at the next wake or tick")
             return
-        if report.dispatched:
-            log.debug("scheduler pass: %s", report)
+        scheduled(report.dispatched, time.perf_counter() - started)
 
 
 def _once(settings: Settings) -> dict[str, Any]:

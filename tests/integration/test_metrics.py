@@ -208,6 +208,11 @@ def test_metrics_match_sql_and_workers_and_logs_follow_a_job(
             assert value(own, "genq_job_queue_wait_seconds_count", kind="train") == 3
             assert (value(own, "genq_lease_renewals_total", result="renewed") or 0) >= 1
             assert (value(own, "genq_training_samples_per_second", family="cnn") or 0) > 0
+            # The only worker's scheduler is the active one and sent all three jobs (a message its pool
+            # process, still starting, held past GENQ_REQUEUE_AFTER_SECONDS=3 is sent once more).
+            assert value(own, "genq_scheduler_active") == 1
+            assert (value(own, "genq_scheduler_dispatched_total", queue=train_queue) or 0) >= 3
+            assert (value(own, "genq_scheduler_pass_seconds_count") or 0) >= 1
 
             # HTTP metrics add up over both gunicorn processes: every job read of this test was counted.
             samples = scrape(metrics_url)
