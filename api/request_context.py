@@ -1,5 +1,5 @@
 """Request ids: `X-Request-ID` honoured (or made), returned, bound into every log line of the request and
-carried to the worker in the Celery message headers of the jobs the request publishes."""
+stored on the jobs it submits (api/submission.py), whose messages carry it to the worker's log lines."""
 
 from __future__ import annotations
 
@@ -8,17 +8,13 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
 
-from celery import signals
 from flask import Flask, Response, g, request
 
-from shared.logging import bind_log_context, log_context, reset_log_context
+from shared.logging import bind_log_context, reset_log_context
 
 log = logging.getLogger("genq.api.access")
-publish_log = logging.getLogger("genq.api")
 REQUEST_ID_HEADER = "X-Request-ID"
-TASK_HEADER = "genq_request_id"  # read back by worker.logs from the task's request
 # What a proxy or client may send: a uuid, a trace id, a short token. Anything else is replaced.
 VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -61,15 +57,3 @@ def bind_tenant_to_logs() -> None:
     """A before_request hook registered after auth: the tenant is known from here on."""
     if "tenant_id" in g:
         bind_log_context(tenant_id=g.tenant_id)
-
-
-@signals.before_task_publish.connect
-def _carry_request_id(headers: dict[str, Any] | None = None, routing_key: str = "", **_: Any) -> None:
-    """The request id rides in the message; a log line ties the job id to the request that sent it."""
-    if headers is None:
-        return
-    request_id = log_context().get("request_id")
-    if request_id:
-        headers.setdefault(TASK_HEADER, request_id)
-    job_id = headers.get("id")
-    publish_log.info("job %s published to %s", job_id, routing_key, extra={"job_id": job_id})

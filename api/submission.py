@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError, field_error
 from api.references import check_references
 from api.validation import parse
+from shared.logging import log_context
 from shared.models import Batch, Job, JobStatus, Tenant, utcnow
 from shared.queue import queue_for
 from shared.scheduling import order_key
@@ -84,6 +85,7 @@ def _row(
         "created_at": now,
         "updated_at": now,
         "order_key": order_key(job.priority, seq),
+        "request_id": log_context().get("request_id"),
         **extra,
     }
 
@@ -165,6 +167,7 @@ def submit_job(
         if existing is None:
             raise
         return existing, False
+    log.info("job %s queued", job.id, extra={"job_id": str(job.id)})
     wake([job.queue])
     return job, True
 
@@ -271,5 +274,6 @@ def submit_batch(
         if existing is None:
             raise
         return (*existing, False)
+    log.info("batch %s: %d jobs queued", batch.id, len(rows), extra={"batch_id": str(batch.id)})
     wake({row["queue"] for row in rows})
     return batch, [str(row["id"]) for row in rows], True

@@ -196,6 +196,8 @@ class Job(Base):
     # Its place among its tenant's queued jobs: higher priority first, then submission order
     # (shared/scheduling.py: order_key). The scheduler dispatches each tenant's held jobs in this order.
     order_key: Mapped[int | None] = mapped_column(BigInteger)
+    # The X-Request-ID of the submission: its message carries it, so the worker's log lines do too.
+    request_id: Mapped[str | None] = mapped_column(String(128))
 
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="job", order_by="Artifact.name", cascade="all, delete-orphan"

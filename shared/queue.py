@@ -18,6 +18,8 @@ TASK_NAMES: dict[JobKind, str] = {
     JobKind.evaluate: "genq.evaluate",
 }
 SWEEP_TASK = "genq.sweep"
+# A job message's header naming the request that submitted the job (worker.logs binds it to log lines).
+REQUEST_ID_HEADER = "genq_request_id"
 # Webhook deliveries: their own queue (settings.webhook_queue), served by `python -m worker.webhooks`.
 WEBHOOK_TASK = "genq.webhook.deliver"
 

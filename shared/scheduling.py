@@ -79,6 +79,7 @@ class Candidate:
     kind: str
     priority: int
     order_key: int
+    request_id: str | None = None
 
 
 @dataclass

@@ -20,7 +20,7 @@ from kombu import Producer
 from sqlalchemy.orm import Session
 
 from shared import job_state
-from shared.queue import TASK_NAMES, celery_priority, queue_for
+from shared.queue import REQUEST_ID_HEADER, TASK_NAMES, celery_priority, queue_for
 from shared.settings import Settings
 from shared.specs import JobKind
 
@@ -32,6 +32,7 @@ class JobMessage:
     job_id: str
     kind: JobKind
     priority: int
+    request_id: str | None = None  # the submitting request's id, for the worker's log lines
 
 
 Publisher = Callable[[Sequence[JobMessage]], list[str]]
@@ -84,6 +85,7 @@ class CeleryPublisher:
             producer=producer,
             argsrepr=repr([message.job_id]),
             kwargsrepr="{}",
+            headers={REQUEST_ID_HEADER: message.request_id} if message.request_id else None,
             **options,
         )
 

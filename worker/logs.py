@@ -13,9 +13,8 @@ from typing import Any
 from celery import signals
 
 from shared.logging import bind_log_context, configure_logging, reset_log_context
+from shared.queue import REQUEST_ID_HEADER
 from shared.settings import get_settings
-
-REQUEST_ID_HEADER = "genq_request_id"  # api.request_context.TASK_HEADER (the worker never imports api/)
 
 
 @signals.setup_logging.connect

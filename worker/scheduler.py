@@ -161,7 +161,7 @@ class Scheduler:
                 if queue in summarize:
                     self._write_summary(session, queue, workers, window, queue_out, contenders, expected)
                     self._summary_at[queue] = clock
-            messages = [JobMessage(str(p.job_id), p.kind, p.priority) for p in picks]
+            messages = [JobMessage(str(p.job_id), JobKind(p.kind), p.priority, p.request_id) for p in picks]
             sent = dispatch(session, self.publisher, messages) if messages else []
         if picks:
             log.debug("dispatched: %s", describe(picks))
@@ -224,12 +224,14 @@ class Scheduler:
     def _heads(session: Session, queue: str, tenant_id: uuid.UUID, limit: int) -> list[Candidate]:
         """The tenant's next held jobs in its own order (served by ix_jobs_held)."""
         rows = session.execute(
-            select(Job.id, Job.kind, Job.priority, Job.order_key)
+            select(Job.id, Job.kind, Job.priority, Job.order_key, Job.request_id)
             .where(HELD, Job.queue == queue, Job.tenant_id == tenant_id)
             .order_by(Job.order_key)
             .limit(limit)
         )
-        return [Candidate(r.id, tenant_id, str(r.kind), r.priority, r.order_key or 0) for r in rows]
+        return [
+            Candidate(r.id, tenant_id, str(r.kind), r.priority, r.order_key or 0, r.request_id) for r in rows
+        ]
 
     def _expected_seconds(self, session: Session) -> dict[str, float]:
         """Mean worker time of the last few succeeded jobs of each kind, refreshed every few seconds."""

@@ -36,6 +36,7 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("order_key", sa.BigInteger(), nullable=True))
+        batch_op.add_column(sa.Column("request_id", sa.String(length=128), nullable=True))
         batch_op.drop_index("ix_jobs_queue_order")
         batch_op.create_index(
             "ix_jobs_held",
@@ -76,6 +77,7 @@ def downgrade() -> None:
         batch_op.create_index(
             "ix_jobs_queue_order", ["status", "queue", "priority", "created_at"], unique=False
         )
+        batch_op.drop_column("request_id")
         batch_op.drop_column("order_key")
     with op.batch_alter_table("tenants", schema=None) as batch_op:
         for column in (
