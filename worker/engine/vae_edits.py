@@ -19,13 +19,20 @@ from worker.engine.imageset import to_uint8, to_unit_range
 from worker.engine.latents import blend_close_fits, masked_psnr, slerp
 from worker.engine.runtime import ConfigError, RunContext
 from worker.engine.vae_inference import decode_mean, label_tensor, likelihood_params, prior_latents
-from worker.engine.vae_loss import gaussian_kl, reconstruction_nll, reparameterise, value_log_probs
+from worker.engine.vae_loss import (
+    gaussian_kl,
+    likelihood_mean,
+    reconstruction_nll,
+    reparameterise,
+    value_log_probs,
+)
 from worker.engine.vae_nets import VAE
 
 Classify = Callable[[torch.Tensor], torch.Tensor]
 FIT_LR = 0.05  # Adam on the latent: posterior means are O(1), so a few hundred small steps suffice
 ITERATIONS_PER_STEP = 10  # request.steps scales latent fits (reconstruct, inpaint): 8 -> 80 Adam iterations
 INPAINT_STARTS = 4  # latents fitted per image when inpainting; the close fits are averaged
+MIN_FIT_VARIANCE = 1e-4  # a start that already fits within 1/100 of the range: sigma no smaller than that
 
 
 def edit(model: Any, request: EditRequest, classify: Classify | None, ctx: RunContext | None) -> EditOutput:
@@ -143,16 +150,17 @@ def encode(model: VAE, images: torch.Tensor, labels: torch.Tensor | None) -> tor
 
 def reconstruct(model: VAE, request: EditRequest, classify: Classify | None, ctx: RunContext) -> EditOutput:
     """Decode each source's latent: the encoder's posterior mean, refined by Adam (steps * 10
-    iterations) on the image's likelihood plus the prior. The encoder answers in one pass for every
-    image at once, so its guess misses each one's best latent (the amortisation gap); a short
-    per-image fit from that guess closes much of it. steps 0 (not offered by the API) keeps the
-    encoder's latent as it is."""
+    iterations) on the image's squared error plus the prior (_fit_latents). The encoder answers in
+    one pass for every image at once, so its guess misses each one's best latent (the amortisation
+    gap); a short per-image fit from that guess closes much of it. steps 0 (not offered by the API)
+    keeps the encoder's latent as it is. (Measured: BENCHMARKS.md, "Editing, 2026-12-02".)"""
     x = source_images(model, request)
     labels = source_labels(model, request, x)
     vectors = model.label_vectors(labels)
     start = encode(model, x, labels)
     everything = torch.ones_like(x)
-    z = _fit_latents(model, x, everything, start, vectors, ITERATIONS_PER_STEP * int(request.steps), ctx)
+    iterations = ITERATIONS_PER_STEP * int(request.steps)
+    z = _fit_latents(model, x, everything, start, vectors, iterations, ctx, objective="squared")
     out = decode_mean(model, z, vectors)
     captions = [f"reconstruction of source {i}" for i in range(len(x))]
     metrics = {"psnr": psnr(out, x)}
@@ -213,18 +221,19 @@ def inpaint(model: VAE, request: EditRequest, classify: Classify | None, ctx: Ru
         raise ConfigError(f"mask: expected ({model.image_size}, {model.image_size}), got {tuple(mask.shape)}")
     missing = mask.to(x.device).expand_as(x)
     known = (~missing).float()
-    fill = (x * known).flatten(1).sum(1) / known.flatten(1).sum(1).clamp(min=1.0)  # (N,)
+    fill = known_mean(x, known)  # (N,)
     start_images = torch.where(missing, fill[:, None, None, None], x)
     starts, labels = inpaint_starts(model, request, start_images)  # (R, N, D), (R, N) or None
     count, n = starts.shape[:2]
     vectors = model.label_vectors(None if labels is None else labels.reshape(-1))  # (R*N, E): start-major
     iterations = ITERATIONS_PER_STEP * int(request.steps)
     flat = starts.reshape(count * n, -1)
-    z = _fit_latents(
-        model, x.repeat(count, 1, 1, 1), known.repeat(count, 1, 1, 1), flat, vectors, iterations, ctx
-    )
-    fills = decode_mean(model, z, vectors).view(count, *x.shape)  # (R, N, C, H, W)
-    errors = ((fills - x).pow(2) * known).flatten(2).sum(2) / known.flatten(1).sum(1)  # (R, N)
+    known_all = known.repeat(count, 1, 1, 1)
+    # The model's likelihood, not squared error as for reconstruct: measured, it fills the hole better.
+    z = _fit_latents(model, x.repeat(count, 1, 1, 1), known_all, flat, vectors, iterations, ctx, "likelihood")
+    fills = decode_mean(model, z, vectors)  # (R*N, C, H, W)
+    errors = known_mean((fills - x.repeat(count, 1, 1, 1)).pow(2), known_all).view(count, n)
+    fills = fills.view(count, *x.shape)  # (R, N, C, H, W)
     out = torch.where(missing, blend_close_fits(fills, errors), x)
     first = decode_mean(model, starts[0], None if vectors is None else vectors[:n])
     metrics = {
@@ -269,10 +278,17 @@ def _fit_latents(
     vectors: torch.Tensor | None,
     iterations: int,
     ctx: RunContext,
+    objective: str,
 ) -> torch.Tensor:
-    """Adam on (N, D) latents: -log p(known pixels | z) - log N(z; 0, I). Items are independent (each
-    loss term involves only its own z, and Adam's update is per coordinate). Works when the caller runs
-    under torch.inference_mode too: the tensors autograd needs are made outside it."""
+    """Adam on (N, D) latents from `start`: -log p(known pixels | z) - log N(z; 0, I), where p is
+    - "likelihood": the model's own pixel likelihood;
+    - "squared": the decoded image (the likelihood's mean) plus Gaussian noise of each image's own
+      sigma, the RMS error of its start on the known pixels, held fixed: a squared-error fit. A
+      discretised logistic with per-pixel scales forgives the pixels it is unsure of, the edges a
+      reconstruction most needs; squared error weighs every pixel as PSNR does.
+    Items are independent (each loss term involves only its own z, and Adam's update is per
+    coordinate). Works when the caller runs under torch.inference_mode too: the tensors autograd needs
+    are made outside it."""
     params = likelihood_params(model)
     frozen = [p for p in model.parameters() if p.requires_grad]
     try:
@@ -282,11 +298,19 @@ def _fit_latents(
             x, known = x.clone(), known.clone()
             vectors = vectors.clone() if vectors is not None else None
             z = start.clone().requires_grad_(True)
+            with torch.no_grad():
+                first = likelihood_mean(model.likelihood, model.decode(z, vectors).float())
+                variance = known_mean(first.sub(x).pow(2), known).clamp(min=MIN_FIT_VARIANCE)  # (N,)
             optimizer = torch.optim.Adam([z], lr=FIT_LR)
             for i in range(iterations):
                 decoded = model.decode(z, vectors).float()
-                log_probs = value_log_probs(model.likelihood, x, decoded, params) * known
-                loss = -log_probs.flatten(1).sum(1).sum() + 0.5 * z.pow(2).sum()
+                if objective == "likelihood":
+                    log_probs = value_log_probs(model.likelihood, x, decoded, params) * known
+                    fit = -log_probs.flatten(1).sum(1)
+                else:
+                    squared = (likelihood_mean(model.likelihood, decoded) - x).pow(2) * known
+                    fit = squared.flatten(1).sum(1) / (2 * variance)
+                loss = fit.sum() + 0.5 * z.pow(2).sum()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -296,6 +320,11 @@ def _fit_latents(
         for p in frozen:
             p.requires_grad_(True)
     return z.detach()
+
+
+def known_mean(values: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """(N,) per-image mean of `values` (N, C, H, W) over the pixels where `known` (N, C, H, W) is 1."""
+    return (values * known).flatten(1).sum(1) / known.flatten(1).sum(1).clamp(min=1.0)
 
 
 def class_swap(model: VAE, request: EditRequest, classify: Classify | None, ctx: RunContext) -> EditOutput:
