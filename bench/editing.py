@@ -223,6 +223,10 @@ class Bench:
             out = self.edit(family, operation="reconstruct", images=images)
             psnr, ssim = psnr_ssim(out.images, images)
             self.add("reconstruct", f"genq {family}", {"psnr_db": psnr, "ssim": ssim})
+            if family == "vae":  # steps 0: the encoder's latent, unrefined (the method before 2026-12-02)
+                out = self.edit(family, operation="reconstruct", images=images, steps=0)
+                psnr, ssim = psnr_ssim(out.images, images)
+                self.add("reconstruct", "genq vae, encoder latent only", {"psnr_db": psnr, "ssim": ssim})
         closest = self.train_images[nearest(images, self.train_images)]
         psnr, ssim = psnr_ssim(closest, images)
         self.add("reconstruct", "nearest training image", {"psnr_db": psnr, "ssim": ssim})
