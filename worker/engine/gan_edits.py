@@ -3,7 +3,9 @@
 A GAN has no encoder, so edits of real images start with *inversion*: find the latent z whose
 generated image best matches the source (Adam on z from several random starts, best start kept). The
 class-conditional generator takes a class vector (B, K), so a class swap feeds a different one-hot
-and an attribute edit moves the vector from the source class toward the target.
+(to the inverted latent scaled toward the mean: SWAP_TRUNCATION) and an attribute edit moves the
+vector from the source class toward the target. Inpainting fills the hole with the mean of the starts
+that fit the known pixels about as well as the best (latents.blend_close_fits).
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ ITERATIONS_PER_STEP = 25  # request.steps scales the optimisation: 8 -> 200 Adam
 INVERT_LR = 0.05
 PRIOR_WEIGHT = 1e-3  # keeps z near the Gaussian shell the generator was trained on
 CHUNK = 64  # source images inverted together
+# class_swap of a real image: its inverted latent is scaled toward the mean (the truncation trick). An
+# inverted latent holds the source's shape so firmly that the new class vector often changes little (64
+# held-out test images: CNN target hit 0.66 unscaled, 0.80 at 0.8, 0.92 at 0.6, while staying closer to
+# the source than a random image of the target class 0.86, 0.78, 0.70 of the time).
+SWAP_TRUNCATION = 0.7
 
 
 def edit(
@@ -242,6 +249,8 @@ class _Editor:
             raise ConfigError(f"target_labels: required for {request.operation}")
         source, target = self.vectors(labels), self.vectors(targets)
         strength = 1.0 if request.operation == "class_swap" else float(request.strength)
+        if request.operation == "class_swap" and request.images is not None and len(request.images):
+            z = z * SWAP_TRUNCATION
         edited = self.render(z, source + strength * (target - source))
         captions = [
             f"source {i}: {self.names[int(a)]} -> {self.names[int(b)]}"
