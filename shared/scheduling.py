@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 MAX_PRIORITY = 9
 SEQ_BITS = 40  # 10^12 jobs per tenant before the order key's priority band overflows
-WAKE_CHANNEL = "genq:schedule"
+WAKE_PREFIX = "genq:schedule:wake:"
 SUMMARY_PREFIX = "genq:schedule:"
 WORKERS_PREFIX = "genq:workers:"
 DEFAULT_JOB_SECONDS = 1.0  # expected worker time of a kind with no finished job yet
@@ -48,6 +48,12 @@ def band_start(priority: int) -> int:
 def leader_key(queues: Sequence[str]) -> str:
     """The lock of the one active scheduler for these queues (deployments may share a Redis)."""
     return "genq:scheduler:" + ":".join(queues)
+
+
+def wake_channel(queue: str) -> str:
+    """Where a queue's scheduler is woken (pub/sub channels span Redis databases: one per queue keeps
+    deployments sharing a Redis from waking each other)."""
+    return f"{WAKE_PREFIX}{queue}"
 
 
 def summary_key(queue: str) -> str:
@@ -215,7 +221,7 @@ def wake(client: redis.Redis, queues: Iterable[str]) -> None:
     try:
         with client.pipeline(transaction=False) as pipe:
             for queue in set(queues):
-                pipe.publish(WAKE_CHANNEL, queue)
+                pipe.publish(wake_channel(queue), b"")
             pipe.execute()
     except redis.RedisError as error:
         log.debug("scheduler not woken: %s", error)

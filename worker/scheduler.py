@@ -35,7 +35,6 @@ from shared.db import session_factory
 from shared.models import DISPATCHED, HELD, Job, JobStatus, Tenant, utcnow
 from shared.queue import make_celery
 from shared.scheduling import (
-    WAKE_CHANNEL,
     Candidate,
     QueueSummary,
     TenantLoad,
@@ -47,6 +46,7 @@ from shared.scheduling import (
     live_workers,
     retire_worker,
     summary_key,
+    wake_channel,
 )
 from shared.settings import Settings
 from shared.specs import JobKind
@@ -344,7 +344,7 @@ class SchedulerThread:
             try:
                 if pubsub is None:
                     pubsub = self.scheduler.redis.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(WAKE_CHANNEL)
+                    pubsub.subscribe(*(wake_channel(q) for q in self.scheduler.queues))
                 now = time.monotonic()
                 woken = False
                 if now >= next_tick:

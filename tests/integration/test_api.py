@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from api.app import create_app
 from shared.db import session_factory
 from shared.models import Artifact, Batch, Job, JobStatus, utcnow
-from shared.scheduling import WAKE_CHANNEL
+from shared.scheduling import wake_channel
 from shared.settings import Settings
 from shared.storage import S3Store, job_key
 from tests.conftest import free_port
@@ -96,7 +96,7 @@ def test_submit_holds_the_job_wakes_the_scheduler_which_sends_it(
     client: FlaskClient, tenant: Tenant, session: Session, broker: redis.Redis, service_settings: Settings
 ) -> None:
     wakes = broker.pubsub(ignore_subscribe_messages=True)
-    wakes.subscribe(WAKE_CHANNEL)
+    wakes.subscribe(wake_channel(service_settings.train_queue), wake_channel(service_settings.sample_queue))
     train = client.post(
         "/v1/jobs", json={"kind": "train", "params": {"family": "cnn"}}, headers=tenant.headers
     )
@@ -109,11 +109,11 @@ def test_submit_holds_the_job_wakes_the_scheduler_which_sends_it(
     while len(woken) < 2 and time.monotonic() < deadline:
         message = wakes.get_message(timeout=0.5)  # None for the subscription's own confirmation
         if message:
-            woken.append(message["data"])
+            woken.append(message["channel"])
     wakes.close()
     assert woken == [
-        service_settings.train_queue.encode(),
-        service_settings.sample_queue.encode(),
+        wake_channel(service_settings.train_queue).encode(),
+        wake_channel(service_settings.sample_queue).encode(),
     ]
 
     assert run_scheduler_pass(service_settings) == {
