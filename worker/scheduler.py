@@ -313,6 +313,7 @@ class SchedulerThread:
             thread_local=False,
         )
         self.leading = False
+        self._standing_aside_until = 0.0  # after a failed pass: leave the lock to healthier schedulers
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="genq-scheduler", daemon=True)
 
@@ -385,7 +386,12 @@ class SchedulerThread:
             )
 
     def _lead(self) -> None:
-        """Take the lock, or keep it: renewing fails when it expired meanwhile and another took it."""
+        """Take the lock, or keep it: renewing fails when it expired meanwhile and another took it. A
+        scheduler whose last pass failed (its database does not answer) neither takes nor keeps it, so
+        one that can still reach the database takes over within the lease."""
+        if time.monotonic() < self._standing_aside_until:
+            self._step_aside()
+            return
         if self.leading:
             try:
                 self.lock.extend(self.settings.scheduler_lease_seconds, replace_ttl=True)
@@ -399,12 +405,22 @@ class SchedulerThread:
             scheduler_active(True)
             log.info("scheduler %s: now the active scheduler", self.identity)
 
+    def _step_aside(self) -> None:
+        if self.leading:
+            self.leading = False
+            scheduler_active(False)
+            with contextlib.suppress(LockError):
+                self.lock.release()
+            log.warning("scheduler %s: stepped aside after a failed pass", self.identity)
+
     def _pass(self) -> None:
         started = time.perf_counter()
         try:
             report = self.scheduler.run_pass()
         except Exception:
-            log.exception("scheduler pass failed; retrying at the next wake or tick")
+            log.exception("scheduler pass failed; another scheduler may take over for a lease")
+            self._standing_aside_until = time.monotonic() + self.settings.scheduler_lease_seconds
+            self._step_aside()
             return
         scheduled(report.dispatched, time.perf_counter() - started)
 

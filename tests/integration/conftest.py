@@ -23,6 +23,7 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import job_state
 from shared.db import session_factory
 from shared.models import Artifact, Job, JobStatus, Tenant
 from shared.queue import make_celery, queue_for
@@ -178,7 +179,10 @@ class JobClient:
             return job.id
 
     def publish(self, job_id: uuid.UUID) -> None:
-        """Send the job's message directly, bypassing the scheduler: a duplicate or stray delivery."""
+        """Send the job's message directly, as a scheduler elsewhere would (marked first, if still held),
+        or a duplicate or stray delivery."""
+        with self.sessions.begin() as session:
+            job_state.mark_dispatched(session, [job_id])
         job = self.get(job_id)
         sent = CeleryPublisher(self.celery, self.settings)([JobMessage(str(job_id), job.kind, job.priority)])
         assert sent == [str(job_id)]

@@ -10,8 +10,12 @@
   it resumes, and records nothing: the winner's model stays the job's.
 - A job whose object storage goes away mid-run goes back to the queue (attempt counted) and succeeds
   once storage is back, instead of failing.
-- A message the broker lost is published again after `publish_grace_seconds`, not after
-  `requeue_after_seconds`.
+- A message the broker lost is sent again after `publish_grace_seconds`, not after
+  `requeue_after_seconds`: the sweeper holds its job again and the scheduler sends it.
+- A scheduler whose database stops answering steps aside: another takes the lock within its lease.
+
+Jobs here are sent as a scheduler elsewhere would send them (`JobClient.publish`), so that the worker
+under test meets a message whatever its own scheduler can do.
 """
 
 from __future__ import annotations
@@ -141,7 +145,8 @@ def test_a_worker_cut_off_from_its_database_leaves_messages_in_the_broker(
         proxy.cut()
         assert _logged(worker, "stopped consuming from"), worker.log_text()[-3000:]
 
-        job_id = jobs.submit(JobKind.train, _train_params())
+        job_id = jobs.insert(JobKind.train, _train_params())
+        jobs.publish(job_id)
         deadline = time.monotonic() + 5  # long enough for a consuming worker to have taken it
         while time.monotonic() < deadline:
             job = jobs.get(job_id)
@@ -183,7 +188,8 @@ def test_a_claim_without_its_database_hands_the_message_back(
     try:
         worker = pool.start()
         proxy.cut()
-        job_id = jobs.submit(JobKind.train, _train_params())
+        job_id = jobs.insert(JobKind.train, _train_params())
+        jobs.publish(job_id)
         assert _logged(worker, "message handed back to the broker"), worker.log_text()[-3000:]
         assert jobs.get(job_id).attempts == 0
         proxy.restore()
@@ -196,10 +202,12 @@ def test_a_claim_without_its_database_hands_the_message_back(
 def test_a_message_the_broker_lost_is_published_again_within_seconds(
     worker_env: dict[str, str], jobs: JobClient, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
-    """The broker loses a queued job's message (a flush, a failover without persistence). The sweeper
-    sees the job neither waiting in the queue lists nor held by a worker, and publishes it again once
-    `publish_grace_seconds` have passed, though `requeue_after_seconds` is five minutes."""
-    job_id = jobs.submit(JobKind.train, _train_params())
+    """The broker loses a dispatched job's message (a flush, a failover without persistence). The
+    sweeper sees the job neither waiting in the queue lists nor held by a worker and holds it again once
+    `publish_grace_seconds` have passed, though `requeue_after_seconds` is five minutes; the scheduler
+    sends it anew."""
+    job_id = jobs.insert(JobKind.train, _train_params())
+    jobs.publish(job_id)
     assert _waiting_in_broker(jobs, job_id)
     client = redis.Redis.from_url(jobs.settings.broker_url)
     try:
@@ -217,7 +225,7 @@ def test_a_message_the_broker_lost_is_published_again_within_seconds(
         worker = pool.start()
         job = jobs.wait(job_id, timeout=60)
         assert (job.status, job.attempts) == (JobStatus.succeeded, 1), (job.error_code, job.error_message)
-        assert f"job {job_id} was queued with no message in the broker" in worker.log_text()
+        assert f"job {job_id} was dispatched but its message is not in the broker" in worker.log_text()
     finally:
         pool.stop_all()
 
