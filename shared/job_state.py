@@ -50,6 +50,7 @@ class RequeueReport:
     requeued: list[PublishTarget]
     exhausted: int  # failed with attempts_exhausted
     canceled: int  # canceling jobs whose worker died
+    changed: list[uuid.UUID]  # every job settled, and its batch: what waiting clients hear about
 
 
 def request_cancel(session: Session, job_id: uuid.UUID) -> JobStatus | None:
@@ -241,7 +242,7 @@ def requeue_expired(
         update(Job)
         .where(Job.status == JobStatus.canceling, expired)
         .values(status=JobStatus.canceled, lease_expires_at=None, finished_at=now, updated_at=now)
-        .returning(Job.id)
+        .returning(Job.id, Job.batch_id)
     ).all()
     exhausted = session.execute(
         update(Job)
@@ -257,7 +258,7 @@ def requeue_expired(
                 "attempts (crashed, killed or lost its connection); not retried again"
             ),
         )
-        .returning(Job.id)
+        .returning(Job.id, Job.batch_id)
     ).all()
     requeued = session.execute(
         update(Job)
@@ -269,12 +270,14 @@ def requeue_expired(
             published_at=None,
             updated_at=now,
         )
-        .returning(Job.id, Job.kind, Job.priority)
+        .returning(Job.id, Job.kind, Job.priority, Job.batch_id)
     ).all()
+    settled = [*canceled, *exhausted, *requeued]
     return RequeueReport(
         requeued=[PublishTarget(row.id, row.kind, row.priority) for row in requeued],
         exhausted=len(exhausted),
         canceled=len(canceled),
+        changed=[row.id for row in settled] + list({row.batch_id for row in settled if row.batch_id}),
     )
 
 

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import job_state
 from shared.db import ping_database, session_factory
+from shared.job_events import ChangeNotifier
 from shared.job_state import PublishTarget
 from shared.models import utcnow
 from shared.queue import make_celery
@@ -120,6 +121,7 @@ class Sweep:
         self.app = app or make_celery(settings)
         self.sessions: sessionmaker[Session] = session_factory(settings.sql_url)
         self.broker = redis.Redis.from_url(settings.broker_url)
+        self.notifier = ChangeNotifier(settings.broker_url)
         options = self.app.conf.broker_transport_options or {}
         self.queues = (settings.train_queue, settings.sample_queue)
         self.lock_key = f"genq:sweep-turn:{settings.train_queue}:{settings.sample_queue}"
@@ -166,6 +168,7 @@ class Sweep:
             settled = job_state.requeue_expired(session, self.settings.max_attempts, self.queues)
         for target in settled.requeued:
             log.warning("job %s: its worker stopped renewing the lease; requeued", target.job_id)
+        self.notifier.changed(settled.changed)  # clients waiting on these jobs (?wait=, cached ETags)
 
         lost = self._find_lost()
         if lost:
@@ -204,6 +207,7 @@ class Sweep:
 
     def close(self) -> None:
         self.broker.close()
+        self.notifier.close()
 
 
 class SweeperThread:
