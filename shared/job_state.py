@@ -53,37 +53,32 @@ class RequeueReport:
     changed: list[uuid.UUID]  # every job settled, and its batch: what waiting clients hear about
 
 
-def request_cancel(session: Session, job_id: uuid.UUID) -> JobStatus | None:
-    """Cancel a job: a queued one at once, a running one goes `canceling` (its worker stops at the next
-    step check). Idempotent; returns the job's status afterwards, None if it does not exist."""
-    now = utcnow()
+def _cancel(session: Session, jobs: ColumnElement[bool], now: dt.datetime) -> None:
+    """queued -> canceled at once; running -> canceling (its worker stops at the next step check)."""
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.queued)
+        .where(jobs, Job.status == JobStatus.queued)
         .values(status=JobStatus.canceled, finished_at=now, updated_at=now)
     )
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.running)
+        .where(jobs, Job.status == JobStatus.running)
         .values(status=JobStatus.canceling, updated_at=now)
     )
+
+
+def request_cancel(session: Session, job_id: uuid.UUID) -> JobStatus | None:
+    """Cancel a job. Idempotent; returns the job's status afterwards, None if it does not exist."""
+    _cancel(session, Job.id == job_id, utcnow())
     return session.scalar(Job.__table__.select().with_only_columns(Job.status).where(Job.id == job_id))
 
 
 def cancel_batch(session: Session, batch_id: uuid.UUID) -> None:
-    """Cancel every job of a batch the same way, in two statements however large the batch."""
+    """Cancel every job of a batch the same way: one UPDATE for its queued jobs however many (held jobs
+    have no message to recall), one for its running ones."""
     now = utcnow()
     session.execute(update(Batch).where(Batch.id == batch_id).values(canceled_at=now))
-    session.execute(
-        update(Job)
-        .where(Job.batch_id == batch_id, Job.status == JobStatus.queued)
-        .values(status=JobStatus.canceled, finished_at=now, updated_at=now)
-    )
-    session.execute(
-        update(Job)
-        .where(Job.batch_id == batch_id, Job.status == JobStatus.running)
-        .values(status=JobStatus.canceling, updated_at=now)
-    )
+    _cancel(session, Job.batch_id == batch_id, now)
 
 
 # ---------------------------------------------------------------------------------------------------
