@@ -10,21 +10,33 @@ machinery (no progress, cancel checks, checkpoints, deterministic batch order or
 Generation: images/s of genq's bulk path - `generate()` in chunks of the batch size, PNG encoding, tar
 shards and the manifest written to a local store - beside a bare forward pass of the same generator
 (decoder for the VAE) on the same number of latents. Ratios near 1 mean the machinery is nearly free.
+
+    python -m bench.throughput --job 20000                       # the generate job's runner, end to end
+
+`--job N`: the worker's generate runner itself (`worker/runners/generate.run`: seeds, engine, PNGs, tar
+shards uploaded, manifest, preview grid, progress and cancel checks), one job of N images stored in a
+local object store, beside a bare forward pass of the same GAN (`genq demo`'s shape: width 32, latent 64,
+conditional) at the runner's chunk size. Only the
+registry lookup and the checkpoint load are stubbed (the model is handed in).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
+from genq.demo import DEMO_GAN_OPTIONS
 from shared.settings import Settings
 from shared.storage import LocalStore
 from worker.engine import api, cnn, gan, vae
@@ -36,6 +48,8 @@ from worker.engine.runtime import Progress, RunContext, configure_threads, train
 from worker.engine.vae_inference import likelihood_params
 from worker.engine.vae_loss import gaussian_kl, reconstruction_nll, reparameterise
 from worker.outputs import JobOutputs
+from worker.runners import generate as generate_runner
+from worker.runners.base import JobRun
 from worker.shards import ManifestWriter, ShardWriter
 
 CPU = torch.device("cpu")
@@ -160,6 +174,44 @@ def genq_generation_rate(model: api.LoadedModel, count: int, chunk: int, workdir
     return count / (time.perf_counter() - start)
 
 
+def genq_job_rate(model: api.LoadedModel, count: int, workdir: Path, background: bool | None = None) -> float:
+    """Images/s of one generate job through the worker's runner, running -> outputs stored. `background`:
+    force chunks to be stored on the pipeline's thread (True) or inline (False); None: the runner's choice."""
+    settings = Settings(data_dir=workdir, storage_backend="local")
+    store = LocalStore(settings)
+    tenant, job_id = uuid.uuid4(), uuid.uuid4()
+    row = SimpleNamespace(id=uuid.uuid4(), name="bench", version=1)
+    params = {"model_id": str(row.id), "count": count, "seed": 0}
+    if model.num_classes:
+        params["labels"] = [i % model.num_classes for i in range(count)]
+    scratch = workdir / f"job-{job_id}"
+    scratch.mkdir()
+    job = JobRun(
+        job_id=job_id,
+        tenant_id=tenant,
+        params=params,
+        checkpoint_key=None,
+        lease=None,  # type: ignore[arg-type]  # the runner does not touch it
+        ctx=RunContext(device=CPU),
+        settings=settings,
+        sessions=None,  # type: ignore[arg-type]  # model_row is stubbed
+        store=store,
+        outputs=JobOutputs(store, tenant, job_id, attempt=1),
+        workdir=scratch,
+    )
+    choice = generate_runner.store_in_background if background is None else (lambda _: background)
+    with (
+        mock.patch.object(generate_runner, "model_row", lambda *_: row),
+        mock.patch.object(generate_runner, "load_model", lambda *_: model),
+        mock.patch.object(generate_runner, "store_in_background", choice),
+    ):
+        start = time.perf_counter()
+        outcome = generate_runner.run(job)
+        elapsed = time.perf_counter() - start
+    assert outcome.result["count"] == count
+    return count / elapsed
+
+
 @torch.inference_mode()
 def bare_generation_rate(model: api.LoadedModel, count: int, chunk: int) -> float:
     """The same generator (VAE: decoder) on random latents in batches of `chunk`, nothing else."""
@@ -176,8 +228,8 @@ def bare_generation_rate(model: api.LoadedModel, count: int, chunk: int) -> floa
     return count / (time.perf_counter() - start)
 
 
-def tiny_trained(family: str, data: ImageSet) -> api.LoadedModel:
-    output = api.train(family, {"max_steps": 2}, data, RunContext(device=CPU))
+def tiny_trained(family: str, data: ImageSet, options: dict[str, object] | None = None) -> api.LoadedModel:
+    output = api.train(family, {"max_steps": 2, **(options or {})}, data, RunContext(device=CPU))
     return api.load(output.checkpoint, CPU)
 
 
@@ -192,12 +244,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=4096, help="images per generation measurement")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions; medians shown")
+    parser.add_argument("--job", type=int, default=0, help="only: one generate job of this many images")
     args = parser.parse_args(argv)
     print(f"torch threads: {configure_threads(args.threads)}", flush=True)
     tune_allocator()  # as in worker processes
     families = args.families.split(",")
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     data = load_builtin("fashion-mnist", "train")
+    if args.job:
+        job_vs_bare(tiny_trained("gan", data, DEMO_GAN_OPTIONS), args.job, args.repeats)
+        return
 
     print(f"training samples/s (genq train() vs bare loop of the same nets; median of {args.repeats})")
     for family in families:
@@ -220,6 +276,24 @@ def main(argv: list[str] | None = None) -> None:
                     args.repeats,
                 )
             report(f"{family} chunk {size:>5}", genq, bare)
+
+
+def job_vs_bare(model: api.LoadedModel, count: int, repeats: int) -> None:
+    """The job with chunks stored inline and on the pipeline's thread, each beside the bare pass (all
+    three alternating, so a burst of load hits them alike)."""
+    rows = generate_runner.CHUNK_SIZE
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    print(f"generate job of {count} images (runner, outputs stored) vs bare forward pass at {rows} rows")
+    print(f"  the runner's own choice here: background={generate_runner.store_in_background(CPU)}")
+    rates: dict[str, list[float]] = {"bare": [], "inline": [], "background": []}
+    with tempfile.TemporaryDirectory() as workdir:
+        for _ in range(repeats):
+            rates["bare"].append(bare_generation_rate(model, count, rows))
+            rates["inline"].append(genq_job_rate(model, count, Path(workdir), background=False))
+            rates["background"].append(genq_job_rate(model, count, Path(workdir), background=True))
+    report(f"gan job {count} inline    ", rates["inline"], rates["bare"])
+    report(f"gan job {count} background", rates["background"], rates["bare"])
+    print(f"load average after: {os.getloadavg()}", flush=True)
 
 
 def interleaved(

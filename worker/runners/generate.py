@@ -1,17 +1,21 @@
 """Bulk generation: per-item seeds -> engine.generate in chunks -> PNGs in tar shards, manifest, preview grid.
 
 Item i is seeded `item_seed(seed, first_index + i)` (or `seeds[i]`), so it is the same image whichever job,
-chunking, shard size or worker produces it.
+chunking, shard size or worker produces it. Chunk N is stored (PNGs, shards, manifest) on a background
+thread while chunk N+1 is generated where a core is free for it (`store_in_background`), inline otherwise;
+the outputs are the same either way.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from shared.specs import GenerateParams
+from worker.chunk_pipeline import ChunkPipeline
 from worker.engine import api as engine
 from worker.model_cache import load_model, model_row
 from worker.runners.base import JobError, JobRun, Outcome
@@ -37,6 +41,13 @@ def check_labels(labels: Sequence[int] | None, num_classes: int, field: str = "l
         raise JobError(
             "invalid_params", f"{field}: {bad[:5]} out of range; the model has {num_classes} classes"
         )
+
+
+def store_in_background(device: torch.device) -> bool:
+    """Whether a thread may store chunks beside the generator without oversubscribing the cores: on an
+    accelerator torch's CPU threads wait on the device during the forward pass; on the CPU only when the
+    worker leaves a core outside torch's threads (settings' torch_threads)."""
+    return device.type != "cpu" or torch.get_num_threads() < len(os.sched_getaffinity(0))
 
 
 def resize_nhwc(chunk: np.ndarray, size: int) -> np.ndarray:
@@ -75,10 +86,30 @@ def run(job: JobRun) -> Outcome:
     )
     shards = ShardWriter(job.outputs, params.shard_size, job.workdir)
     preview: list[np.ndarray] = []
-    done = 0
+
+    def store(start: int, chunk: np.ndarray) -> int:
+        """PNGs of items start.. into the shards and the manifest (on the pipeline's thread)."""
+        for offset, png in enumerate(engine.encode_pngs(chunk)):
+            i = start + offset
+            shard, member = shards.add(first + i, png)
+            label = labels[i] if labels else None
+            manifest.add(
+                {
+                    "index": first + i,
+                    "seed": seeds[i],
+                    "label": label,
+                    "params": item_params,
+                    "shard": shard,
+                    "member": member,
+                }
+            )
+        if len(preview) < PREVIEW_COUNT:
+            preview.extend(chunk[: PREVIEW_COUNT - len(preview)].copy())  # not a view pinning the chunk
+        return len(chunk)
+
+    pipeline = ChunkPipeline(lambda item: store(*item), background=store_in_background(job.ctx.device))
+    generated = 0
     try:
-        # Progress and the cancel check come from this loop, once per chunk written (not from the engine,
-        # which would report each chunk before it is encoded).
         chunks = engine.generate(
             model,
             seeds,
@@ -89,28 +120,18 @@ def run(job: JobRun) -> Outcome:
         )
         for chunk in chunks:
             chunk = resize_nhwc(chunk, size)
-            for image, png in zip(chunk, engine.encode_pngs(chunk), strict=True):
-                shard, member = shards.add(first + done, png)
-                label = labels[done] if labels else None
-                manifest.add(
-                    {
-                        "index": first + done,
-                        "seed": seeds[done],
-                        "label": label,
-                        "params": item_params,
-                        "shard": shard,
-                        "member": member,
-                    }
-                )
-                if len(preview) < PREVIEW_COUNT:
-                    preview.append(image)
-                done += 1
-            job.ctx.report("generate", done, params.count)
+            pipeline.submit((generated, chunk))
+            generated += len(chunk)
+            # Progress counts images stored, not merely generated; the cancel check comes once per chunk.
+            job.ctx.report("generate", pipeline.stored, params.count)
             job.ctx.check()
-        if done != params.count:
-            raise RuntimeError(f"the engine produced {done} of {params.count} images")
+        if generated != params.count:
+            raise RuntimeError(f"the engine produced {generated} of {params.count} images")
+        done = pipeline.close()
+        job.ctx.report("generate", done, params.count)
         stored_shards = shards.close()
     except BaseException:
+        pipeline.abort()
         shards.discard()
         raise
     finally:
