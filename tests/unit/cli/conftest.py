@@ -69,3 +69,19 @@ def live_api(tmp_path: Path) -> Iterator[LiveApi]:
         from shared.db import dispose_engines
 
         dispose_engines(settings.sql_url)  # the app's engine
+
+
+@pytest.fixture()
+def acme_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A migrated SQLite database in tmp_path (the admin commands' --data-dir) with a tenant "acme"."""
+    from genq.admin import upgrade_database
+    from shared.db import dispose_engines, engine_for
+
+    monkeypatch.delenv("GENQ_DATABASE_URL", raising=False)
+    url = f"sqlite:///{tmp_path / 'genq.db'}"
+    upgrade_database(url)
+    with Session(engine_for(url)) as session:
+        create_tenant(session, "acme")
+        session.commit()
+    yield url
+    dispose_engines(url)

@@ -9,23 +9,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
-from genq.admin import upgrade_database
 from genq.main import main
-from shared.db import dispose_engines, engine_for
-from shared.tenants import create_tenant, find_tenant
+from shared.db import engine_for
+from shared.tenants import find_tenant
 from tests.unit.cli.conftest import LiveApi
 from tests.unit.cli.test_client import run_cli
 
 
 def test_admin_sets_and_removes_limits(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, acme_database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.delenv("GENQ_DATABASE_URL", raising=False)
-    url = f"sqlite:///{tmp_path / 'genq.db'}"
-    upgrade_database(url)
-    with Session(engine_for(url)) as session:
-        create_tenant(session, "acme")
-        session.commit()
+    url = acme_database
     admin = ["admin", "--data-dir", str(tmp_path), "limits", "acme"]
 
     assert main([*admin, "--weight", "2", "--max-queued", "100", "--rate-limit", "5/second"]) == 0
@@ -45,7 +39,6 @@ def test_admin_sets_and_removes_limits(
     with Session(engine_for(url)) as session:
         tenant = find_tenant(session, "acme")
         assert tenant is not None and (tenant.weight, tenant.rate_limit) == (2.0, "5/second")
-    dispose_engines(url)
 
 
 def test_usage_and_a_submit_over_the_queued_quota(

@@ -7,23 +7,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
-from genq.admin import upgrade_database
 from genq.main import main
-from shared.db import dispose_engines, engine_for
+from shared.db import engine_for
 from shared.models import Tenant
-from shared.tenants import create_tenant, find_tenant
+from shared.tenants import find_tenant
 from shared.webhooks import signing_secrets
 
 
 def test_the_secret_is_shown_once_and_rotated(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, acme_database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.delenv("GENQ_DATABASE_URL", raising=False)
-    url = f"sqlite:///{tmp_path / 'genq.db'}"
-    upgrade_database(url)
-    with Session(engine_for(url)) as session:
-        create_tenant(session, "acme")
-        session.commit()
+    url = acme_database
     admin = ["admin", "--data-dir", str(tmp_path)]
 
     assert main([*admin, "webhook-secret", "acme"]) == 0
@@ -40,4 +34,3 @@ def test_the_secret_is_shown_once_and_rotated(
         tenant = find_tenant(session, "acme")
         assert isinstance(tenant, Tenant)
         assert signing_secrets(tenant) == [second, first]  # both sign during the grace
-    dispose_engines(url)
