@@ -12,6 +12,7 @@ from sqlalchemy.sql.base import ExecutableOption
 from api.context import api
 from api.errors import not_found
 from api.validation import parse_id
+from shared.db import capped_count
 from shared.models import DISPATCHED, HELD, Batch, Dataset, Job, JobStatus, TrainedModel
 from shared.scheduling import QueueSummary, Standing, band_start, read_summary, standing
 
@@ -42,7 +43,7 @@ POSITION_COUNT_CAP = 1000  # counted exactly up to here; estimated from sequence
 
 
 def _count(session: Session, query: Select) -> int:
-    return session.scalar(select(func.count()).select_from(query.limit(POSITION_COUNT_CAP).subquery())) or 0
+    return capped_count(session, query, POSITION_COUNT_CAP)
 
 
 def _own_ahead(session: Session, job: Job) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Select, create_engine, event, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 CONNECT_TIMEOUT_SECONDS = 5
@@ -100,3 +100,9 @@ def ping_database(url: str) -> None:
     """`SELECT 1` on the engine for `url`; raises (OperationalError, ...) when it does not answer."""
     with engine_for(url).connect() as connection:
         connection.execute(text("SELECT 1"))
+
+
+def capped_count(session: Session, query: Select, cap: int) -> int:
+    """The rows `query` selects, counted up to `cap`: an index range read of at most `cap` entries, where
+    a plain COUNT would read them all."""
+    return session.scalar(select(func.count()).select_from(query.limit(cap).subquery())) or 0

@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from shared.db import capped_count
 from shared.models import Job, JobStatus, Tenant, TenantUsage, utcnow
 from shared.scheduling import decayed
 from shared.settings import get_settings
@@ -58,10 +59,8 @@ def reserve_seqs(session: Session, tenant_id: uuid.UUID, count: int, retry_after
 
 def count_queued(session: Session, tenant_id: uuid.UUID, cap: int = QUEUED_COUNT_CAP) -> int:
     """The tenant's queued jobs, counted up to `cap` (the quota plus one is enough to decide)."""
-    rows = (
-        select(Job.id).where(Job.tenant_id == tenant_id, Job.status == JobStatus.queued).limit(cap).subquery()
-    )
-    return session.scalar(select(func.count()).select_from(rows)) or 0
+    queued = select(Job.id).where(Job.tenant_id == tenant_id, Job.status == JobStatus.queued)
+    return capped_count(session, queued, cap)
 
 
 def _today(now: dt.datetime) -> dt.date:

@@ -31,7 +31,7 @@ from redis.exceptions import LockError
 from sqlalchemy import ColumnElement, Uuid, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import session_factory
+from shared.db import capped_count, session_factory
 from shared.models import DISPATCHED, HELD, Job, JobStatus, Tenant, utcnow
 from shared.queue import make_celery
 from shared.scheduling import (
@@ -263,12 +263,8 @@ class Scheduler:
     ) -> None:
         held: dict[str, int] = {}
         for tenant_id in (t.tenant_id for t in tenants):
-            capped = (
-                select(Job.id)
-                .where(HELD, Job.queue == queue, Job.tenant_id == tenant_id)
-                .limit(HELD_COUNT_CAP)
-            )
-            n = session.scalar(select(func.count()).select_from(capped.subquery())) or 0
+            waiting = select(Job.id).where(HELD, Job.queue == queue, Job.tenant_id == tenant_id)
+            n = capped_count(session, waiting, HELD_COUNT_CAP)
             if n:
                 held[str(tenant_id)] = n
         summary = QueueSummary(
